@@ -1,0 +1,127 @@
+"""``wirthforge serve | schema``: the command line. Errors name their fix, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from . import __version__
+from .config import DEFAULT_PORT, ENVIRONMENT_VARIABLES, Settings, SettingsError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wirthforge",
+        description="WIRTHFORGE's real-time WebSocket server (WF-TECH-003) on Trio.",
+        epilog="Every setting also comes from the environment: " + ", ".join(ENVIRONMENT_VARIABLES),
+    )
+    parser.add_argument("--version", action="version", version=f"wirthforge-trio {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the server (default ws://127.0.0.1:8145/ws)")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1, loopback only)")
+    serve.add_argument(
+        "--port", type=int, help=f"port (default {DEFAULT_PORT}, or 8146 when it is taken)"
+    )
+    serve.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        metavar="MODEL",
+        help="model source to run; repeatable (default: demo, the built-in demo model)",
+    )
+    serve.add_argument(
+        "--tier",
+        choices=["Low-Tier", "Mid-Tier", "High-Tier"],
+        help="hardware tier to report (default: detected)",
+    )
+    serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    schema = commands.add_parser(
+        "schema", help="write the JSON Schemas generated from the contract"
+    )
+    schema.add_argument("--out", type=Path, default=Path("schemas"), help="directory (schemas/)")
+    schema.add_argument(
+        "--check",
+        action="store_true",
+        help="only check that the files are up to date (exit 1 if not)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        return _schema(args)
+    except SettingsError as exc:
+        print(f"wirthforge: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .app import create_app
+    from .server import serve
+
+    settings = Settings.from_env(
+        host=args.host,
+        port=args.port,
+        models=tuple(args.models) if args.models else None,
+        tier=args.tier,
+        log_level=args.log_level,
+    )
+    explicit_port = args.port is not None or settings.port != DEFAULT_PORT
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    app = create_app(settings)
+
+    async def main_task() -> None:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(
+                lambda task_status: serve(
+                    settings, app=app, explicit_port=explicit_port, task_status=task_status
+                )
+            )
+            ws_url = url.replace("http://", "ws://", 1)
+            print(
+                f"wirthforge-trio {__version__}: {ws_url}/ws  (health: {url}/health; "
+                "Ctrl+C to stop)",
+                flush=True,
+            )
+
+    trio.run(main_task)
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from .contract import schema
+
+    files = schema.generated_files()
+    if args.check:
+        stale = [
+            name
+            for name, text in files.items()
+            if not (args.out / name).exists()
+            or (args.out / name).read_text(encoding="utf-8") != text
+        ]
+        if stale:
+            print(
+                f"stale schema file(s) in {args.out}: {', '.join(stale)}; "
+                "regenerate with `wirthforge schema`",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"{args.out}: up to date")
+        return 0
+    for path in schema.write(args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Server settings: defaults, ``WIRTHFORGE_*`` environment variables, and their checks.
+
+Every setting can come from the environment so that a plain ``hypercorn -k trio
+wirthforge_trio.app:app`` is as configurable as ``wirthforge serve``. A bad value raises
+:class:`SettingsError` naming the variable and what it accepts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Final
+
+import attrs
+
+from .contract.events import Tier
+from .engine.energy import PROFILES
+
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 8145
+FALLBACK_PORT: Final = 8146
+TIERS: Final = ("Low-Tier", "Mid-Tier", "High-Tier")
+KNOWN_MODELS: Final = ("demo",)
+
+
+class SettingsError(ValueError):
+    """A setting with a value the server cannot use; the message says how to fix it."""
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    models: tuple[str, ...] = ("demo",)
+    tier: Tier | None = None
+    """None: detect from the machine."""
+    allowed_origins: tuple[str, ...] = ()
+    """Extra browser origins allowed to open the WebSocket; ``*`` allows any."""
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 10.0
+    max_message_bytes: int = 64 * 1024
+    profile: str = "default"
+    demo_seed: int = 0
+    demo_speed: float = 1.0
+    log_level: str = "INFO"
+
+    def __attrs_post_init__(self) -> None:
+        for model in self.models:
+            if model not in KNOWN_MODELS:
+                raise SettingsError(
+                    f"unknown model {model!r}: this version runs {', '.join(KNOWN_MODELS)} "
+                    "(set --model / WIRTHFORGE_MODELS to one of them)"
+                )
+        if not self.models:
+            raise SettingsError("no model configured: set --model / WIRTHFORGE_MODELS to 'demo'")
+        if self.tier is not None and self.tier not in TIERS:
+            raise SettingsError(f"tier {self.tier!r} is not one of {', '.join(TIERS)}")
+        if self.profile not in PROFILES:
+            raise SettingsError(
+                f"energy profile {self.profile!r} is not one of {', '.join(PROFILES)}"
+            )
+        if not 0 < self.heartbeat_interval < self.heartbeat_timeout:
+            raise SettingsError(
+                "heartbeat interval must be positive and shorter than the heartbeat timeout "
+                f"(got {self.heartbeat_interval:g} s and {self.heartbeat_timeout:g} s)"
+            )
+        if self.max_message_bytes < 256:
+            raise SettingsError("max message size must be at least 256 bytes")
+        if not 0 < self.port < 65536:
+            raise SettingsError(f"port {self.port} is not between 1 and 65535")
+        if self.demo_speed <= 0:
+            raise SettingsError("demo speed must be a positive factor (1 = real time)")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ``WIRTHFORGE_*`` variables, then explicit ``overrides``."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in attrs.fields(cls):
+            variable = f"WIRTHFORGE_{field.name.upper()}"
+            raw = env.get(variable)
+            if raw is None or raw.strip() == "":
+                continue
+            values[field.name] = _parse(variable, raw.strip(), field.default)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _parse(variable: str, raw: str, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            return raw.lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, tuple):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        return raw
+    except ValueError:
+        kind = "an integer" if isinstance(default, int) else "a number"
+        raise SettingsError(f"{variable}={raw!r} is not {kind}") from None
+
+
+ENVIRONMENT_VARIABLES: Final = tuple(f"WIRTHFORGE_{f.name.upper()}" for f in attrs.fields(Settings))
+
+
+def detect_tier(cpu_count: int | None = None, memory_bytes: int | None = None) -> Tier:
+    """WF-TECH-001's hardware tier from cores and memory (no accelerator probing yet).
+
+    Low: fewer than 4 cores or under 8 GiB; High: 8+ cores and 32+ GiB; Mid otherwise.
+    """
+    cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+    memory = memory_bytes if memory_bytes is not None else _memory_bytes()
+    gib = memory / 2**30
+    if cores < 4 or gib < 8:
+        return "Low-Tier"
+    if cores >= 8 and gib >= 32:
+        return "High-Tier"
+    return "Mid-Tier"
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30

@@ -1,0 +1,139 @@
+"""JSON codec for the contract: a cattrs converter for the wire shape, orjson for bytes.
+
+Encoding happens once per event (the transport shares the text among connections), so the
+converter's generated functions and orjson keep it cheap. Decoding is only for the small
+messages a client sends; every way it can go wrong becomes a :class:`ClientMessageError`
+that names what was wrong, for the protocol to turn into an ``error_event``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import cattrs
+import jsonschema
+import orjson
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+from .events import CLIENT_MESSAGES_BY_TYPE, ClientMessage, Event, FrameEvent
+from .schema import client_message_schema, to_camel
+
+
+def _overrides(cls: type) -> dict[str, Any]:
+    return {
+        a.name: override(rename=to_camel(a.name), omit_if_default=a.default is None)
+        for a in attrs.fields(cls)
+    }
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True)
+
+    def unstructure_factory(cls: type) -> Callable[[Any], dict[str, Any]]:
+        fields_fn: Callable[[Any], dict[str, Any]] = make_dict_unstructure_fn(
+            cls, conv, **_overrides(cls)
+        )
+        if not issubclass(cls, Event):
+            return fields_fn
+        framed = issubclass(cls, FrameEvent)
+        type_, channel = cls.TYPE, cls.CHANNEL
+
+        def envelope(event: Any) -> dict[str, Any]:
+            out: dict[str, Any] = {"type": type_, "channel": channel, "timestamp": event.timestamp}
+            if framed:
+                out["frameNumber"] = event.frame_number
+            out["payload"] = conv.unstructure(event.payload)
+            return out
+
+        return envelope
+
+    def structure_factory(cls: type) -> Callable[[Any, type], Any]:
+        return make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **_overrides(cls))
+
+    conv.register_unstructure_hook_factory(attrs.has, unstructure_factory)
+    conv.register_structure_hook_factory(attrs.has, structure_factory)
+    return conv
+
+
+converter = _make_converter()
+
+
+def to_wire(event: Event) -> dict[str, Any]:
+    """The event as the JSON-ready dict the wire carries."""
+    return converter.unstructure(event)  # type: ignore[no-any-return]
+
+
+def encode(event: Event) -> str:
+    """The event's wire text (a WebSocket text frame), encoded once."""
+    return orjson.dumps(converter.unstructure(event)).decode()
+
+
+class ClientMessageError(Exception):
+    """A client message that cannot be accepted; ``code`` is the error_event code."""
+
+    def __init__(self, code: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+_CLIENT_ENVELOPE_KEYS = frozenset({"type", "payload", "timestamp"})
+
+
+def decode_client_message(data: str | bytes) -> ClientMessage:
+    """Parse and check one client message, or raise :class:`ClientMessageError`."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ClientMessageError("INVALID_JSON", f"message is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ClientMessageError(
+            "INVALID_MESSAGE",
+            f"message must be a JSON object with a 'type', got {type(obj).__name__}",
+        )
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ClientMessageError("INVALID_MESSAGE", "message has no string field 'type'")
+    cls = CLIENT_MESSAGES_BY_TYPE.get(kind)
+    if cls is None:
+        known = ", ".join(sorted(CLIENT_MESSAGES_BY_TYPE))
+        raise ClientMessageError(
+            "UNKNOWN_MESSAGE_TYPE",
+            f"unknown message type {kind[:64]!r}; this server accepts: {known}",
+            type=kind[:64],
+        )
+    extra = sorted(set(obj) - _CLIENT_ENVELOPE_KEYS)
+    if extra:
+        raise ClientMessageError(
+            "INVALID_FIELD",
+            f"{kind}: unexpected top-level field(s) {', '.join(map(repr, extra))}; "
+            "put message data under 'payload'",
+            fields=extra,
+        )
+    problem = _first_problem(cls, obj)
+    if problem is not None:
+        raise ClientMessageError("INVALID_FIELD", f"{kind}: {problem}", type=kind)
+    body = {"payload": obj["payload"]} if "payload" in obj else {}
+    return converter.structure(body, cls)
+
+
+_VALIDATORS: dict[str, jsonschema.Draft7Validator] = {}
+
+
+def _validator(cls: type[ClientMessage]) -> jsonschema.Draft7Validator:
+    validator = _VALIDATORS.get(cls.TYPE)
+    if validator is None:
+        validator = _VALIDATORS[cls.TYPE] = jsonschema.Draft7Validator(client_message_schema(cls))
+    return validator
+
+
+def _first_problem(cls: type[ClientMessage], obj: dict[str, Any]) -> str | None:
+    """The most relevant schema violation, phrased with the field's wire path."""
+    error = jsonschema.exceptions.best_match(_validator(cls).iter_errors(obj))
+    if error is None:
+        return None
+    where = ".".join(str(part) for part in error.absolute_path) or "message"
+    return f"{where}: {error.message}"

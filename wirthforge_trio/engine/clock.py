@@ -1,0 +1,60 @@
+"""The server's one 60 Hz frame clock, drift-free and honest about late frames.
+
+Tick n is due at ``start + n / rate``, computed from the start rather than from the previous
+tick, so small sleep errors never accumulate. A tick that comes so late that later ticks are
+already due skips them (counted as overruns): frames are state, and a burst of catch-up
+frames would only deliver stale ones. Frame numbers therefore never decrease, and measure
+time since the clock started.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+import trio
+
+from ..contract.events import FRAME_RATE
+
+
+class FrameClock:
+    """Calls ``on_tick(frame_number, now)`` at ``rate`` Hz until cancelled."""
+
+    def __init__(self, rate: float = FRAME_RATE) -> None:
+        self.rate = rate
+        self.period = 1.0 / rate
+        self.frame_number = -1
+        self.ticks = 0
+        self.skipped = 0
+        self._recent: deque[float] = deque(maxlen=int(rate) + 1)
+
+    @property
+    def measured_rate(self) -> float:
+        """Ticks per second over the last second or so (0 before two ticks)."""
+        recent = self._recent
+        if len(recent) < 2 or recent[-1] <= recent[0]:
+            return 0.0
+        return (len(recent) - 1) / (recent[-1] - recent[0])
+
+    async def run(
+        self,
+        on_tick: Callable[[int, float], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        start = trio.current_time()
+        n = 0
+        task_status.started()
+        while True:
+            due = start + n * self.period
+            await trio.sleep_until(due)
+            now = trio.current_time()
+            behind = int((now - due) / self.period)
+            if behind > 0:
+                self.skipped += behind
+                n += behind
+            self.frame_number = n
+            self.ticks += 1
+            self._recent.append(now)
+            on_tick(n, now)
+            n += 1

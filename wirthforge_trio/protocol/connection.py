@@ -1,0 +1,224 @@
+"""Sans-IO per-connection protocol: what to answer, refuse or close, with no sockets and no Trio.
+
+The transport feeds it the client's raw messages and the clock's readings; it hands back
+:class:`Reply` and :class:`Close` actions. Heartbeat bookkeeping (sequence numbers, round
+trips, the liveness deadline) and channel subscriptions live here too, so the rules can be
+tested without a running loop.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from typing import Any, Final
+
+import attrs
+
+from ..contract.codec import ClientMessageError, decode_client_message
+from ..contract.events import (
+    CHANNELS,
+    ErrorEvent,
+    ErrorPayload,
+    Event,
+    Heartbeat,
+    HeartbeatPayload,
+    HeartbeatResponse,
+    Ping,
+    Pong,
+    Subscribe,
+    Subscriptions,
+    SubscriptionsPayload,
+    Unsubscribe,
+)
+
+CLOSE_GOING_AWAY: Final = 1001
+CLOSE_POLICY: Final = 1008
+CLOSE_TOO_BIG: Final = 1009
+CLOSE_HEARTBEAT_TIMEOUT: Final = 4408
+"""Application close code (4000-4999 range) for a client that stopped answering heartbeats."""
+
+ALWAYS_ON: Final = frozenset({"system"})
+"""Channels a connection cannot leave: the handshake, heartbeats, errors and replies."""
+
+
+@attrs.frozen
+class Reply:
+    """Send this event to the client on the lossless queue."""
+
+    event: Event
+
+
+@attrs.frozen
+class Close:
+    """Close the connection with this code once the queued replies are sent."""
+
+    code: int
+    reason: str
+
+
+Action = Reply | Close
+
+
+def error_event(
+    code: str,
+    message: str,
+    *,
+    timestamp: int,
+    severity: str = "warning",
+    recoverable: bool = True,
+    details: dict[str, Any] | None = None,
+) -> ErrorEvent:
+    """An ``error_event`` from the WebSocket layer."""
+    return ErrorEvent(
+        timestamp=timestamp,
+        payload=ErrorPayload(
+            severity=severity,  # type: ignore[arg-type]
+            code=code,
+            message=message[:1000],
+            component="websocket",
+            details=details or None,
+            recoverable=recoverable,
+        ),
+    )
+
+
+class ConnectionProtocol:
+    """The rules of one client connection."""
+
+    def __init__(
+        self,
+        connection_id: str,
+        *,
+        max_message_bytes: int,
+        heartbeat_timeout: float,
+        rtt_samples: int = 32,
+    ) -> None:
+        self.connection_id = connection_id
+        self.max_message_bytes = max_message_bytes
+        self.heartbeat_timeout = heartbeat_timeout
+        self.subscriptions: set[str] = set(CHANNELS)
+        self._heartbeat_sequence = 0
+        self._heartbeats_in_flight: dict[int, float] = {}
+        self._rtts: deque[float] = deque(maxlen=rtt_samples)
+        self._last_response: float | None = None
+        self.closed: Close | None = None
+
+    # -- heartbeats ---------------------------------------------------------------------------
+
+    def heartbeat(self, now: float, wall_ms: int, frame_rate: float) -> Heartbeat:
+        """The next heartbeat to send; remembers when it left for round-trip timing."""
+        sequence = self._heartbeat_sequence
+        self._heartbeat_sequence += 1
+        self._heartbeats_in_flight[sequence] = now
+        # Only the recent ones can still be answered meaningfully.
+        while len(self._heartbeats_in_flight) > 16:
+            del self._heartbeats_in_flight[next(iter(self._heartbeats_in_flight))]
+        return Heartbeat(
+            timestamp=wall_ms,
+            payload=HeartbeatPayload(
+                sequence=sequence,
+                server_time=wall_ms,
+                frame_rate=round(frame_rate, 2),
+                connection_id=self.connection_id,
+            ),
+        )
+
+    @property
+    def liveness_deadline(self) -> float | None:
+        """When the client counts as gone, or None until it has answered a heartbeat."""
+        if self._last_response is None:
+            return None
+        return self._last_response + self.heartbeat_timeout
+
+    @property
+    def round_trips_ms(self) -> tuple[float, ...]:
+        return tuple(self._rtts)
+
+    def rtt_summary(self) -> dict[str, float | int | None]:
+        """Heartbeat round trips in ms: count, last, median."""
+        rtts = self._rtts
+        return {
+            "samples": len(rtts),
+            "lastMs": round(rtts[-1], 3) if rtts else None,
+            "medianMs": round(statistics.median(rtts), 3) if rtts else None,
+        }
+
+    # -- client messages ----------------------------------------------------------------------
+
+    def receive(self, data: str | bytes, now: float, wall_ms: int) -> list[Action]:
+        """Everything the server does in answer to one client message."""
+        if self.closed is not None:
+            return []
+        size = len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "replace"))
+        if size > self.max_message_bytes:
+            self.closed = Close(CLOSE_TOO_BIG, "message too big")
+            return [
+                Reply(
+                    error_event(
+                        "MESSAGE_TOO_LARGE",
+                        f"message of {size} bytes is over this server's limit of "
+                        f"{self.max_message_bytes} bytes; the connection is closed (1009)",
+                        timestamp=wall_ms,
+                        severity="error",
+                        details={"size": size, "limit": self.max_message_bytes},
+                    )
+                ),
+                self.closed,
+            ]
+        try:
+            message = decode_client_message(data)
+        except ClientMessageError as exc:
+            return [
+                Reply(error_event(exc.code, exc.message, timestamp=wall_ms, details=exc.details))
+            ]
+
+        if isinstance(message, HeartbeatResponse):
+            self._last_response = now
+            sequence = message.payload.sequence
+            sent = None if sequence is None else self._heartbeats_in_flight.pop(sequence, None)
+            if sent is not None:
+                self._rtts.append((now - sent) * 1000.0)
+            return []
+        if isinstance(message, Ping):
+            return [Reply(Pong(timestamp=wall_ms, payload=message.payload))]
+        if isinstance(message, Subscribe | Unsubscribe):
+            return self._change_subscriptions(message, wall_ms)
+        raise AssertionError(f"unhandled client message {message!r}")  # pragma: no cover
+
+    def _change_subscriptions(self, message: Subscribe | Unsubscribe, wall_ms: int) -> list[Action]:
+        requested = set(message.payload.channels)
+        unknown = sorted(requested - set(CHANNELS))
+        if unknown:
+            return [
+                Reply(
+                    error_event(
+                        "UNKNOWN_CHANNEL",
+                        f"{message.TYPE}: unknown channel(s) {', '.join(map(repr, unknown))}; "
+                        f"channels are: {', '.join(CHANNELS)}",
+                        timestamp=wall_ms,
+                        details={"channels": unknown},
+                    )
+                )
+            ]
+        if isinstance(message, Unsubscribe) and requested & ALWAYS_ON:
+            return [
+                Reply(
+                    error_event(
+                        "CHANNEL_REQUIRED",
+                        "unsubscribe: the 'system' channel carries heartbeats and errors "
+                        "and cannot be left",
+                        timestamp=wall_ms,
+                    )
+                )
+            ]
+        if isinstance(message, Subscribe):
+            self.subscriptions |= requested
+        else:
+            self.subscriptions -= requested
+        ordered = tuple(c for c in CHANNELS if c in self.subscriptions)
+        return [
+            Reply(Subscriptions(timestamp=wall_ms, payload=SubscriptionsPayload(channels=ordered)))
+        ]
+
+    def wants(self, channel: str) -> bool:
+        return channel in self.subscriptions

@@ -1,0 +1,80 @@
+"""The fan-out hub: one encoded frame or event, offered to every connection without waiting.
+
+Publishing never awaits, so no client, however slow, can hold up the frame clock or another
+client: each connection's writer picks up what its mailbox holds at its own pace.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+
+import trio
+
+from ..contract.codec import encode
+from ..contract.events import Event, FrameEvent
+from .connection import Connection
+from .mailbox import Frame
+
+log = logging.getLogger("wirthforge_trio.transport")
+
+
+class Hub:
+    """Every open connection, and the two ways to reach them all."""
+
+    def __init__(self) -> None:
+        self._connections: dict[str, Connection] = {}
+        self._emptied = trio.Event()
+        self._emptied.set()
+        self.frames_published = 0
+        self._replaced_by_closed = 0
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    def __iter__(self) -> Iterator[Connection]:
+        return iter(list(self._connections.values()))
+
+    def add(self, connection: Connection) -> None:
+        self._connections[connection.id] = connection
+        self._emptied = trio.Event()
+
+    def remove(self, connection: Connection) -> None:
+        if self._connections.pop(connection.id, None) is not None:
+            self._replaced_by_closed += connection.mailbox.frames_replaced
+        if not self._connections:
+            self._emptied.set()
+
+    def publish_frame(self, number: int, events: Iterable[FrameEvent]) -> None:
+        """Encode the frame's events once and offer them to every connection's frame slot."""
+        if not self._connections:
+            return
+        frame = Frame(number, tuple((e.CHANNEL, encode(e)) for e in events))
+        for connection in self._connections.values():
+            connection.mailbox.offer_frame(frame)
+        self.frames_published += 1
+
+    def publish(self, event: Event) -> None:
+        """Encode a lossless event once and queue it for every subscribed connection."""
+        if not self._connections:
+            return
+        text = encode(event)
+        channel = event.CHANNEL
+        for connection in self._connections.values():
+            connection.deliver(channel, text, event)
+
+    @property
+    def frames_replaced(self) -> int:
+        """Frames superseded in a slot before their writer took them, closed connections too."""
+        open_now = sum(c.mailbox.frames_replaced for c in self._connections.values())
+        return self._replaced_by_closed + open_now
+
+    async def close_all(self, code: int, reason: str) -> None:
+        """Ask every connection to close with ``code`` and wait until they have (callers bound
+        the wait: a client that stopped reading may never take its close frame)."""
+        if not self._connections:
+            return
+        log.info("closing %d connection(s) with %d (%s)", len(self._connections), code, reason)
+        for connection in list(self._connections.values()):
+            connection.request_close(code, reason)
+        await self._emptied.wait()

@@ -1,0 +1,158 @@
+"""A connection's outbox: a size-1 frame slot where the newest frame wins, beside a lossless queue.
+
+Frames are state: a stale one is worth nothing once a newer one exists, so the slot (a Trio
+memory channel of size 1) swaps the old frame out and counts it. Everything else (tokens,
+council, rewards, errors, replies) is history and must arrive, so it waits in an unbounded
+queue; when the client falls behind, token batches of one session that are still waiting are
+merged into one, which bounds the queue by the generated text itself. The heartbeat has a
+latest-wins slot of its own: an old heartbeat says nothing a newer one does not.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Final
+
+import attrs
+import trio
+
+from ..contract.codec import encode
+from ..contract.events import TokenStream, TokenStreamPayload
+
+
+@attrs.frozen
+class Frame:
+    """One frame's messages, each encoded once and shared by every connection."""
+
+    number: int
+    messages: tuple[tuple[str, str], ...]
+    """(channel, wire text) pairs."""
+
+
+@attrs.define
+class _TokenBatch:
+    """A token_stream still waiting in the queue; later batches of its session merge into it."""
+
+    event: TokenStream
+    text: str | None
+
+    def merge(self, later: TokenStream) -> None:
+        old, new = self.event.payload, later.payload
+        cost = None
+        if old.energy_cost is not None or new.energy_cost is not None:
+            cost = round((old.energy_cost or 0.0) + (new.energy_cost or 0.0), 6)
+        self.event = TokenStream(
+            timestamp=later.timestamp,
+            payload=TokenStreamPayload(
+                tokens=old.tokens + new.tokens,
+                is_complete=new.is_complete,
+                session_id=new.session_id,
+                model_id=new.model_id,
+                energy_cost=cost,
+            ),
+        )
+        self.text = None  # re-encoded when it is finally sent
+
+    def wire_text(self) -> str:
+        if self.text is None:
+            self.text = encode(self.event)
+        return self.text
+
+
+_Item = str | _TokenBatch
+
+FRAME_SLOT_SIZE: Final = 1
+
+
+class Mailbox:
+    """What one connection still has to send, and the wake-up for its writer."""
+
+    def __init__(self) -> None:
+        self._frame_in, self._frame_out = trio.open_memory_channel[Frame](FRAME_SLOT_SIZE)
+        self._queue: deque[_Item] = deque()
+        self._open_batches: dict[str, _TokenBatch] = {}
+        self._heartbeat: str | None = None
+        self._lot = trio.lowlevel.ParkingLot()
+        self._ready = False
+        self.frames_offered = 0
+        self.frames_replaced = 0
+        self.batches_merged = 0
+
+    # -- producers (never block) --------------------------------------------------------------
+
+    def offer_frame(self, frame: Frame) -> None:
+        """Put the newest frame in the slot, replacing a frame the writer has not taken."""
+        self.frames_offered += 1
+        try:
+            self._frame_in.send_nowait(frame)
+        except trio.WouldBlock:
+            self._frame_out.receive_nowait()
+            self.frames_replaced += 1
+            self._frame_in.send_nowait(frame)
+        self.wake()
+
+    def put(self, text: str) -> None:
+        """Queue a lossless message. It also seals waiting token batches, keeping order."""
+        self._open_batches.clear()
+        self._queue.append(text)
+        self.wake()
+
+    def put_tokens(self, event: TokenStream, text: str) -> None:
+        """Queue a token batch, merged into its session's batch if that one is still waiting."""
+        session = event.payload.session_id
+        waiting = self._open_batches.get(session)
+        if waiting is not None:
+            waiting.merge(event)
+            self.batches_merged += 1
+        else:
+            batch = _TokenBatch(event, text)
+            self._open_batches[session] = batch
+            self._queue.append(batch)
+        if event.payload.is_complete:
+            self._open_batches.pop(session, None)
+        self.wake()
+
+    def set_heartbeat(self, text: str) -> None:
+        self._heartbeat = text
+        self.wake()
+
+    @property
+    def queued(self) -> int:
+        """Lossless messages waiting (merged batches count once)."""
+        return len(self._queue)
+
+    # -- the writer ---------------------------------------------------------------------------
+
+    async def wait(self) -> None:
+        """Sleep until there is something to send."""
+        if self._ready:
+            await trio.lowlevel.checkpoint()
+        else:
+            await self._lot.park()
+        self._ready = False
+
+    def take_lossless(self) -> str | None:
+        """The next lossless message's text, or None when the queue is empty."""
+        if not self._queue:
+            return None
+        item = self._queue.popleft()
+        if isinstance(item, str):
+            return item
+        if self._open_batches.get(item.event.payload.session_id) is item:
+            del self._open_batches[item.event.payload.session_id]
+        return item.wire_text()
+
+    def take_heartbeat(self) -> str | None:
+        text, self._heartbeat = self._heartbeat, None
+        return text
+
+    def take_frame(self) -> Frame | None:
+        try:
+            return self._frame_out.receive_nowait()
+        except trio.WouldBlock:
+            return None
+
+    def wake(self) -> None:
+        """Rouse the writer (also used to make it notice a close request)."""
+        self._ready = True
+        self._lot.unpark_all()

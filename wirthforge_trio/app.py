@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import sys
 import time
 import uuid
@@ -81,9 +82,15 @@ async def _refuse_wrong_worker(library: str, scope: Any, receive: Any, send: Any
     if kind == "lifespan":
         message = await receive()
         if message["type"] == "lifespan.startup":
-            log.critical("%s (this server runs %s)", WRONG_WORKER_MESSAGE, library)
-            print(f"ERROR: {WRONG_WORKER_MESSAGE}", file=sys.stderr, flush=True)
-            await send({"type": "lifespan.startup.failed", "message": WRONG_WORKER_MESSAGE})
+            print(
+                f"ERROR: {WRONG_WORKER_MESSAGE} (this server runs {library})",
+                file=sys.stderr,
+                flush=True,
+            )
+            # Stop the worker with a status and no traceback; Hypercorn's supervisor sees the
+            # failed worker and exits too. (SystemExit would be logged as a task traceback.)
+            logging.shutdown()
+            os._exit(2)
         return
     if kind == "http":
         body = f"{WRONG_WORKER_MESSAGE}\n".encode()
@@ -210,10 +217,9 @@ def create_app(settings: Settings | None = None) -> WirthforgeApp:
         )
         try:
             await connection.run(encode(startup))
-        except trio.Cancelled:
-            await connection.close_on_cancel()
-            raise
         finally:
+            # Cancelled by the server (shutdown) rather than closed: still say goodbye (1001).
+            await connection.close_on_cancel()
             hub.remove(connection)
             log.info(
                 "connection %s closed (code %s, %d open)",

@@ -66,8 +66,8 @@ class Settings:
             )
         if self.max_message_bytes < 256:
             raise SettingsError("max message size must be at least 256 bytes")
-        if not 0 < self.port < 65536:
-            raise SettingsError(f"port {self.port} is not between 1 and 65535")
+        if not 0 <= self.port < 65536:
+            raise SettingsError(f"port {self.port} is not between 0 (any free port) and 65535")
         if self.demo_speed <= 0:
             raise SettingsError("demo speed must be a positive factor (1 = real time)")
 

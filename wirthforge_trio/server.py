@@ -18,7 +18,6 @@ import logging
 import signal
 import socket
 from collections.abc import Awaitable, Callable
-from functools import partial
 
 import trio
 from hypercorn.config import Config
@@ -27,6 +26,9 @@ from hypercorn.trio import serve as hypercorn_serve
 from .app import SHUTDOWN_CLOSE_TIMEOUT, WirthforgeApp, create_app
 from .config import DEFAULT_PORT, FALLBACK_PORT, Settings, SettingsError
 from .protocol.connection import CLOSE_GOING_AWAY
+
+SHUTDOWN_DEADLINE = 5.0
+"""Seconds Hypercorn gets to finish after the clients were told to go (then it is cancelled)."""
 
 
 def bind_listener(host: str, port: int, *, explicit_port: bool) -> socket.socket:
@@ -90,14 +92,24 @@ async def serve(
     config = hypercorn_config(sock, settings)
     hub = app.wirthforge.hub
     trigger = shutdown_trigger or _wait_for_signal
+    stop = trio.Event()
+    server_scope = trio.CancelScope(shield=True)
 
-    async def shutdown() -> None:
-        await trigger()
-        with trio.move_on_after(SHUTDOWN_CLOSE_TIMEOUT):
-            await hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
+    async def run_hypercorn(task_status: trio.TaskStatus[object]) -> None:
+        # Shielded: when our caller cancels, the clients must get their close frames before
+        # Hypercorn tears the sockets down; the shutdown below then stops it in order.
+        with server_scope:
+            await hypercorn_serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
 
     shown_host = f"[{host}]" if ":" in host else host
     async with trio.open_nursery() as nursery:
-        await nursery.start(partial(hypercorn_serve, app, config, shutdown_trigger=shutdown))
+        await nursery.start(run_hypercorn)
         task_status.started(f"http://{shown_host}:{port}")
-        # Cancelled from outside instead: each connection's handler sends 1001 as it unwinds.
+        try:
+            await trigger()
+        finally:
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(SHUTDOWN_CLOSE_TIMEOUT):
+                    await hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
+                stop.set()
+                server_scope.deadline = trio.current_time() + SHUTDOWN_DEADLINE

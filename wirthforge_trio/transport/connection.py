@@ -131,17 +131,19 @@ class Connection:
         await self._final_close(CLOSE_GOING_AWAY, "server shutting down", None)
 
     async def _final_close(self, code: int, reason: str, last_text: str | None) -> None:
+        """Send ``last_text`` (if any) and a close frame, shielded and bounded; best effort."""
         if self.close_code is not None:
             return
-        self.close_code = code
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + 1.0
             try:
                 if last_text is not None:
                     await self.websocket.send(last_text)
                 await self.websocket.close(code, reason)
-            except Exception:  # the peer may already be gone; nothing is left to tell it
-                log.debug("connection %s: close %d not delivered", self.id, code)
+            except Exception:  # the peer is already gone: nobody is left to tell
+                return
+            if not scope.cancelled_caught:
+                self.close_code = code
 
     async def _reader(self, watchdog: trio.CancelScope) -> None:
         protocol = self.protocol

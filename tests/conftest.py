@@ -1,0 +1,142 @@
+"""Shared fixtures: a real Hypercorn server on a free loopback port, and schema-checking clients.
+
+Every message an end-to-end test receives goes through :class:`CheckedClient`, which
+validates it against the project's generated schema and, for the nine standard events,
+against the published WF-TECH-003 schema in ``../shared/contract/`` when that folder exists.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import jsonschema
+import pytest
+import trio
+from trio_websocket import WebSocketConnection, open_websocket_url
+
+from wirthforge_trio.app import WirthforgeApp, create_app
+from wirthforge_trio.config import Settings
+from wirthforge_trio.contract import schema as project_schema
+from wirthforge_trio.contract.events import STANDARD_EVENTS
+from wirthforge_trio.server import serve
+
+PUBLISHED_SCHEMA_PATH = (
+    Path(__file__).resolve().parents[2] / "shared" / "contract" / "WF-TECH-003-event-schemas.json"
+)
+STANDARD_TYPES = frozenset(cls.TYPE for cls in STANDARD_EVENTS)
+
+_project_validator = jsonschema.Draft7Validator(project_schema.server_schema())
+_published_validator = (
+    jsonschema.Draft7Validator(json.loads(PUBLISHED_SCHEMA_PATH.read_text()))
+    if PUBLISHED_SCHEMA_PATH.exists()
+    else None
+)
+
+
+def check_message(text: str | bytes) -> dict[str, Any]:
+    """Parse one server message and fail the test unless both schemas accept it."""
+    assert isinstance(text, str), "server messages are text frames"
+    message = json.loads(text)
+    errors = [e.message for e in _project_validator.iter_errors(message)]
+    assert not errors, f"message fails the project schema: {errors}: {text[:300]}"
+    if _published_validator is not None and message.get("type") in STANDARD_TYPES:
+        errors = [e.message for e in _published_validator.iter_errors(message)]
+        assert not errors, f"standard message fails the published schema: {errors}: {text[:300]}"
+    return message  # type: ignore[no-any-return]
+
+
+@attrs.define
+class CheckedClient:
+    """A trio-websocket client whose every received message is schema-checked and recorded."""
+
+    ws: WebSocketConnection
+    raw: list[str] = attrs.field(factory=list)
+    last_frame: int = -1
+
+    async def receive(self) -> dict[str, Any]:
+        text = await self.ws.get_message()
+        assert isinstance(text, str)
+        self.raw.append(text)
+        message = check_message(text)
+        if "frameNumber" in message:
+            assert message["frameNumber"] >= self.last_frame, "frameNumber went backwards"
+            self.last_frame = message["frameNumber"]
+        return message
+
+    async def receive_until(
+        self, predicate: Callable[[dict[str, Any]], bool], seconds: float = 5.0
+    ) -> dict[str, Any]:
+        with trio.fail_after(seconds):
+            while True:
+                message = await self.receive()
+                if predicate(message):
+                    return message
+
+    async def receive_type(self, type_: str, seconds: float = 5.0) -> dict[str, Any]:
+        return await self.receive_until(lambda m: m["type"] == type_, seconds)
+
+    async def send(self, message: dict[str, Any] | str) -> None:
+        await self.ws.send_message(message if isinstance(message, str) else json.dumps(message))
+
+
+@attrs.define
+class RunningServer:
+    url: str
+    app: WirthforgeApp
+    settings: Settings
+    stop: trio.Event
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://", 1) + "/ws"
+
+    def connect(self, **kwargs: Any) -> Any:
+        """``async with server.connect() as client``: a CheckedClient on /ws."""
+        return _connect(self.ws_url, **kwargs)
+
+    def http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, timeout=5.0)
+
+
+class _connect:
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        self._cm = open_websocket_url(url, **kwargs)
+
+    async def __aenter__(self) -> CheckedClient:
+        return CheckedClient(await self._cm.__aenter__())
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        return await self._cm.__aexit__(*exc)  # type: ignore[no-any-return]
+
+
+def test_settings(**overrides: Any) -> Settings:
+    base: dict[str, Any] = {"port": 0, "demo_speed": 3.0, "log_level": "WARNING"}
+    base.update(overrides)
+    return Settings(**base)
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+async def start_server(nursery: trio.Nursery, settings: Settings) -> RunningServer:
+    """Start the real server (Hypercorn, trio worker) on a free port inside ``nursery``."""
+    app = create_app(settings)
+    stop = trio.Event()
+    url = await nursery.start(
+        lambda task_status: serve(
+            settings, app=app, shutdown_trigger=stop.wait, task_status=task_status
+        )
+    )
+    return RunningServer(url=url, app=app, settings=settings, stop=stop)
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery) -> AsyncIterator[RunningServer]:
+    running = await start_server(nursery, test_settings())
+    yield running
+    running.stop.set()

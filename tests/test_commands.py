@@ -1,0 +1,168 @@
+"""The commands users type: `wirthforge serve|schema`, `hypercorn -k trio ...`, and the mistake
+of plain `hypercorn ...` (asyncio worker). Each runs as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from wirthforge_trio.config import SettingsError
+from wirthforge_trio.server import bind_listener
+
+from .conftest import check_message
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start(args: list[str], **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        args,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+async def wait_healthy(port: int) -> None:
+    async with httpx.AsyncClient() as http:
+        with trio.fail_after(20):
+            while True:
+                try:
+                    if (await http.get(f"http://127.0.0.1:{port}/health")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await trio.sleep(0.1)
+
+
+async def stop_and_expect_1001(process: subprocess.Popen[str], port: int, sig: int) -> str:
+    """Connect, signal the server, and check the client is told 1001 before the exit."""
+    async with open_websocket_url(f"ws://127.0.0.1:{port}/ws") as ws:
+        first = check_message(await ws.get_message())
+        assert first["type"] == "startup_complete"
+        process.send_signal(sig)
+        with trio.fail_after(10), pytest.raises(ConnectionClosed):
+            while True:
+                check_message(await ws.get_message())
+        assert ws.closed is not None and ws.closed.code == 1001
+    output, _ = process.communicate(timeout=15)
+    return output
+
+
+async def test_wirthforge_serve_starts_and_stops_cleanly() -> None:
+    port = free_port()
+    process = start([str(BIN / "wirthforge"), "serve", "--port", str(port)])
+    try:
+        await wait_healthy(port)
+        output = await stop_and_expect_1001(process, port, signal.SIGINT)
+    finally:
+        process.kill()
+    assert process.returncode == 0, output
+    assert f"ws://127.0.0.1:{port}/ws" in output
+    assert "Traceback" not in output
+
+
+async def test_hypercorn_trio_worker_reads_the_environment() -> None:
+    port = free_port()
+    process = start(
+        [
+            str(BIN / "hypercorn"),
+            "-k",
+            "trio",
+            "-b",
+            f"127.0.0.1:{port}",
+            "wirthforge_trio.app:app",
+        ],
+        WIRTHFORGE_TIER="High-Tier",
+    )
+    try:
+        await wait_healthy(port)
+        async with open_websocket_url(f"ws://127.0.0.1:{port}/ws") as ws:
+            first = check_message(await ws.get_message())
+        assert first["payload"]["tier"] == "High-Tier"
+        output = await stop_and_expect_1001(process, port, signal.SIGTERM)
+    finally:
+        process.kill()
+    assert "Traceback" not in output
+
+
+def test_plain_hypercorn_explains_it_needs_the_trio_worker() -> None:
+    port = free_port()
+    process = start([str(BIN / "hypercorn"), "-b", f"127.0.0.1:{port}", "wirthforge_trio.app:app"])
+    try:
+        output, _ = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    assert "-k trio" in output
+    assert "Traceback" not in output
+
+
+def test_bad_configuration_is_a_message_not_a_traceback() -> None:
+    result = subprocess.run(
+        [str(BIN / "wirthforge"), "serve", "--model", "gpt-9"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2
+    assert "gpt-9" in result.stderr and "--model" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = subprocess.run(
+        [str(BIN / "hypercorn"), "-k", "trio", "wirthforge_trio.app:app"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        cwd=ROOT,
+        env={**os.environ, "WIRTHFORGE_HEARTBEAT_TIMEOUT": "soon"},
+    )
+    assert "WIRTHFORGE_HEARTBEAT_TIMEOUT" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_schema_check_command_passes_on_the_checkout() -> None:
+    result = subprocess.run(
+        [str(BIN / "wirthforge"), "schema", "--check"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_default_port_falls_back_to_8146_and_explicit_port_explains() -> None:
+    try:
+        blocker = socket.socket()
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        blocker.bind(("127.0.0.1", 8145))
+    except OSError:
+        pytest.skip("port 8145 is in use on this machine")
+    with blocker:
+        blocker.listen()
+        try:
+            fallback = bind_listener("127.0.0.1", 8145, explicit_port=False)
+        except SettingsError:
+            pytest.skip("port 8146 is in use on this machine")
+        with fallback:
+            assert fallback.getsockname()[1] == 8146
+        with pytest.raises(SettingsError, match="--port"):
+            bind_listener("127.0.0.1", 8145, explicit_port=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -319,3 +320,36 @@ async def test_a_client_that_never_reads_does_not_slow_others(server: RunningSer
     stalled = max(status["clients"], key=lambda c: c["framesReplaced"])
     assert stalled["framesReplaced"] > 0, status
     assert stalled["queued"] <= 2, "the stalled client's queue holds merged batches only"
+
+
+async def test_logs_hold_no_prompt_or_token_text(nursery: trio.Nursery) -> None:
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    handler = Collect(level=logging.DEBUG)
+    watched = [logging.getLogger(name) for name in ("wirthforge_trio", "hypercorn.error", "")]
+    for logger in watched:
+        logger.addHandler(handler)
+    try:
+        running = await start_server(nursery, test_settings(log_level="DEBUG"))
+        prompt = "secret-prompt-4c1d tell me about my private files"
+        source = DemoSource(seed=running.settings.demo_seed)
+        tokens = source.tokens_for(prompt)
+        async with running.connect() as client, running.http() as http:
+            await client.receive_type("startup_complete")
+            assert (await http.post("/prompt", json={"prompt": prompt})).status_code == 202
+            await client.receive_until(
+                lambda m: m["type"] == "token_stream" and m["payload"]["isComplete"], seconds=30
+            )
+        running.stop.set()
+    finally:
+        for logger in watched:
+            logger.removeHandler(handler)
+    log_text = "\n".join(records)
+    assert "connection c-" in log_text and "frame" in log_text, "DEBUG logging was on"
+    assert "secret-prompt-4c1d" not in log_text
+    for i in range(len(tokens) - 2):
+        assert "".join(tokens[i : i + 3]) not in log_text, "token text in the logs"

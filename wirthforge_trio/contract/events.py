@@ -54,9 +54,9 @@ class StartupCompletePayload:
     tier: Tier
     version: str = _field(pattern=SEMVER_PATTERN)
     frame_rate: Literal[60] = FRAME_RATE
-    # Optional in the published schema, yet browser clients read it unconditionally: the
-    # default is an empty list that is always sent, never None.
-    capabilities: tuple[Capability, ...] | None = ()
+    # Optional in the published schema, yet browser clients read it unconditionally: it is
+    # never None, so it is always sent (an empty list at worst).
+    capabilities: tuple[Capability, ...] = attrs.field(default=(), metadata={"optional": True})
 
 
 @attrs.frozen(kw_only=True)

@@ -68,7 +68,9 @@ def _object_schema(cls: type) -> dict[str, Any]:
             schema["items"] = {**schema["items"], **extra.pop("items")}
         schema.update(extra)
         properties[to_camel(a.name)] = schema
-        if not nullable:  # a field that can never be None is always on the wire
+        # A field that can never be None is always on the wire, hence required, unless the
+        # published contract lets clients do without it ("optional" in its metadata).
+        if not nullable and not a.metadata.get("optional"):
             required.append(to_camel(a.name))
     out: dict[str, Any] = {"type": "object", "properties": properties}
     if required:

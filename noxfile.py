@@ -1,0 +1,63 @@
+"""nox sessions: `nox` runs tests, lint and typecheck; `nox -s schema` regenerates schemas/."""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.default_venv_backend = "venv"
+
+# 3.11 resolves quart-trio 0.12 with Quart 0.22; 3.13 resolves quart-trio 0.13 with Quart 0.23.
+# Both must work. 3.11 is required; 3.13 runs wherever the machine has it.
+
+
+def _has_python(version: str) -> bool:
+    """Whether `pythonX.Y` runs here; pyenv's versions that are installed but not selected
+    (whose shim fails) are put on the PATH first."""
+    for bin_dir in glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version}*/bin")):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ["PATH"]
+    try:
+        run = subprocess.run([f"python{version}", "-c", "pass"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return run.returncode == 0
+
+
+PYTHONS = ["3.11"] + (["3.13"] if _has_python("3.13") else [])
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """The whole test suite (unit, end to end against a real Hypercorn server, commands)."""
+    session.install("-e", ".[test]")
+    session.run(
+        "python",
+        "-c",
+        "import quart, quart_trio, importlib.metadata as m; "
+        "print('quart', m.version('quart'), 'quart-trio', m.version('quart-trio'))",
+    )
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python="3.11")
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+    session.run("mypy")
+
+
+@nox.session(python="3.11")
+def schema(session: nox.Session) -> None:
+    """Regenerate schemas/ from the contract classes."""
+    session.install("-e", ".")
+    session.run("wirthforge", "schema")

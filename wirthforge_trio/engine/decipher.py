@@ -165,19 +165,24 @@ class Decipher:
 
         fields: list[FrameEvent] = []
         counts: dict[str, int] = {}
+        visible: list[str] = []
         for model_id, energy in self.energies.items():
             energy.advance(now)
             counts[model_id] = energy.take_frame_tokens()
-            if self._is_visible(model_id, energy, counts[model_id]):
+            shown = bool(counts[model_id]) or energy.active_streams > 0
+            if shown or energy.intensity > IDLE_VISIBLE:
+                visible.append(model_id)
+            # A model fading out still gets the field that brings its intensity to 0.
+            if model_id in visible or self._field_sent.get(model_id, 0.0) > 0.0:
                 field = self._field_event(model_id, energy, frame_number, wall)
                 if field is not None:
                     fields.append(field)
 
         processing_ms = min((time.perf_counter() - started) * 1000.0, FRAME_BUDGET_MS)
         updates: list[FrameEvent] = []
-        for model_id, energy in self.energies.items():
-            if not self._is_visible(model_id, energy, counts[model_id]):
-                continue
+        # At idle the default model's (decaying) energy keeps the lifeline lit.
+        for model_id in visible or [self.default_model]:
+            energy = self.energies[model_id]
             updates.append(
                 EnergyUpdate(
                     timestamp=wall,
@@ -191,21 +196,6 @@ class Decipher:
                     ),
                 )
             )
-        if not updates:  # at idle the default model's decaying energy keeps the lifeline lit
-            energy = self.energies[self.default_model]
-            updates.append(
-                EnergyUpdate(
-                    timestamp=wall,
-                    frame_number=frame_number,
-                    payload=EnergyUpdatePayload(
-                        total_energy=round(energy.total_eu, 6),
-                        delta_energy=0.0,
-                        tokens_generated=0,
-                        processing_time=round(processing_ms, 4),
-                        model_id=self.default_model,
-                    ),
-                )
-            )
         return FrameOutput(
             frame_number=frame_number,
             frame_events=tuple(updates + fields),
@@ -213,15 +203,15 @@ class Decipher:
             processing_ms=(time.perf_counter() - started) * 1000.0,
         )
 
-    def _is_visible(self, model_id: str, energy: ModelEnergy, tokens: int) -> bool:
-        return bool(tokens) or energy.active_streams > 0 or energy.intensity > IDLE_VISIBLE
-
     def _field_event(
         self, model_id: str, energy: ModelEnergy, frame_number: int, wall: int
     ) -> EnergyField | None:
         intensity = min(max(energy.intensity, 0.0), 1.0)
+        if intensity <= IDLE_VISIBLE:
+            intensity = 0.0
         last = self._field_sent.get(model_id)
-        if last is not None and abs(intensity - last) < FIELD_CHANGE:
+        fading_out = intensity == 0.0 and last not in (None, 0.0)
+        if last is not None and abs(intensity - last) < FIELD_CHANGE and not fading_out:
             return None
         self._field_sent[model_id] = intensity
         samples = energy.recent_intensities or (intensity,)

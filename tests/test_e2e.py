@@ -324,10 +324,13 @@ async def test_a_client_that_never_reads_does_not_slow_others(server: RunningSer
 
 async def test_logs_hold_no_prompt_or_token_text(nursery: trio.Nursery) -> None:
     records: list[str] = []
+    errors: list[str] = []
 
     class Collect(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             records.append(record.getMessage())
+            if record.levelno >= logging.ERROR:
+                errors.append(f"{record.name}: {record.getMessage()} {record.exc_info}")
 
     handler = Collect(level=logging.DEBUG)
     watched = [logging.getLogger(name) for name in ("wirthforge_trio", "hypercorn.error", "")]
@@ -349,6 +352,7 @@ async def test_logs_hold_no_prompt_or_token_text(nursery: trio.Nursery) -> None:
         for logger in watched:
             logger.removeHandler(handler)
     log_text = "\n".join(records)
+    assert errors == [], "a normal session logs no errors"
     assert "connection c-" in log_text and "frame" in log_text, "DEBUG logging was on"
     assert "secret-prompt-4c1d" not in log_text
     for i in range(len(tokens) - 2):

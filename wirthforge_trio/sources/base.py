@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Final, Protocol
 
 import attrs
 
@@ -12,14 +12,45 @@ import attrs
 class Token:
     """One output token as the runtime produced it.
 
-    ``at`` is the Trio clock (``trio.current_time()``, seconds) when the token was produced,
-    so the energy model measures real inter-token times. ``top_k`` holds the probabilities
-    of the runtime's top-K candidates for this position when it reports them.
+    ``at`` is the Trio clock (``trio.current_time()``, seconds) when the token was produced
+    (or received from the runtime), so the energy model measures real inter-token times.
+    ``top_k`` holds the probabilities of the runtime's top-K candidates for this position when
+    it reports them, most likely first; ``top_k_tokens`` the candidates' text, aligned with
+    ``top_k``, when the runtime names them.
     """
 
     text: str
     at: float
     top_k: tuple[float, ...] | None = None
+    top_k_tokens: tuple[str, ...] | None = None
+
+
+# Codes of SourceError: each says what went wrong in a way a user can act on.
+MODEL_UNAVAILABLE: Final = "MODEL_UNAVAILABLE"
+"""The runtime cannot be reached (not running, wrong URL)."""
+MODEL_NOT_FOUND: Final = "MODEL_NOT_FOUND"
+"""The runtime answers but does not have the model."""
+MODEL_HTTP_ERROR: Final = "MODEL_HTTP_ERROR"
+"""The runtime answered with an HTTP error status."""
+MODEL_PROTOCOL_ERROR: Final = "MODEL_PROTOCOL_ERROR"
+"""The runtime sent something that is not its documented streaming format."""
+MODEL_STREAM_DROPPED: Final = "MODEL_STREAM_DROPPED"
+"""The stream ended before the runtime said it was done."""
+MODEL_TIMEOUT: Final = "MODEL_TIMEOUT"
+"""No token within the stall timeout."""
+
+
+class SourceError(Exception):
+    """A runtime failure: ``code`` (one of the MODEL_* constants), what happened, what to do."""
+
+    def __init__(self, code: str, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} {self.hint}".strip()
 
 
 class ModelSource(Protocol):
@@ -30,6 +61,26 @@ class ModelSource(Protocol):
         """The runtime's own model name (e.g. ``demo`` or ``qwen3:0.6b``)."""
         ...
 
+    @property
+    def kind(self) -> str:
+        """Which runtime serves it: ``demo``, ``ollama`` or ``openai``."""
+        ...
+
     def generate(self, prompt: str) -> AsyncIterator[Token]:
-        """Stream the answer to ``prompt``; the iterator ends when generation ends."""
+        """Stream the answer to ``prompt``; the iterator ends when generation ends.
+
+        Raises :class:`SourceError` for any runtime failure.
+        """
+        ...
+
+    async def check(self) -> None:
+        """Return when the runtime is up and has the model; raise SourceError otherwise."""
+        ...
+
+    async def preload(self) -> None:
+        """Ask the runtime to load the model now rather than at the first prompt."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the source's connections."""
         ...

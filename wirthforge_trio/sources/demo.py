@@ -278,19 +278,35 @@ class DemoSource:
     returned by :meth:`schedule_for` is always the 1x one.
     """
 
-    def __init__(self, seed: int = 0, speed: float = 1.0) -> None:
+    def __init__(self, seed: int = 0, speed: float = 1.0, name: str = "demo") -> None:
         if not speed > 0:
             raise ValueError("speed must be positive")
+        self._name = name
+        # Each named demo model ("demo:bravo") answers differently: its name joins the seed.
+        self._seed_material = str(seed) if name == "demo" else f"{seed}\0{name}"
         self._seed = seed
         self._speed = speed
 
     def __repr__(self) -> str:
-        return f"DemoSource(seed={self._seed!r}, speed={self._speed!r})"
+        return f"DemoSource(seed={self._seed!r}, speed={self._speed!r}, name={self._name!r})"
 
     @property
     def name(self) -> str:
-        """Model name reported to clients."""
+        """Model name reported to clients: ``demo``, or ``demo:NAME`` for a council of demos."""
+        return self._name
+
+    @property
+    def kind(self) -> str:
         return "demo"
+
+    async def check(self) -> None:
+        """Always ready: the demo model is built in."""
+
+    async def preload(self) -> None:
+        """Nothing to load."""
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
 
     @property
     def seed(self) -> int:
@@ -304,7 +320,7 @@ class DemoSource:
 
     def _rng(self, prompt: str, purpose: str) -> random.Random:
         """A generator private to ``(seed, prompt, purpose)``, stable across processes."""
-        material = f"wirthforge-demo\0{self._seed}\0{purpose}\0{prompt}".encode()
+        material = f"wirthforge-demo\0{self._seed_material}\0{purpose}\0{prompt}".encode()
         digest = hashlib.sha256(material).digest()
         return random.Random(int.from_bytes(digest, "big"))
 

@@ -26,7 +26,7 @@ from wirthforge_trio.contract.events import (
 from wirthforge_trio.engine.clock import FrameClock
 from wirthforge_trio.engine.decipher import Decipher, FrameOutput, Session, model_id_for
 from wirthforge_trio.engine.energy import PROFILES
-from wirthforge_trio.sources.base import Token
+from wirthforge_trio.sources.base import SourceError, Token
 
 CONTRACT_DIR = Path(__file__).resolve().parents[2] / "shared" / "contract"
 PUBLISHED_SCHEMA = CONTRACT_DIR / "WF-TECH-003-event-schemas.json"
@@ -285,7 +285,10 @@ def test_energy_update_per_active_model_with_cumulative_energy() -> None:
     feed(d, s, ["1", "2", "3"], 0.001, gap=0.003)
     out = d.tick(1, PERIOD)
     by_model = {u.payload.model_id: u for u in updates(out)}
-    assert set(by_model) == {"demo", "alt"}  # alt has an open stream, so it is shown
+    # alt has an open stream, so it is shown; two visible models add the council's row
+    assert set(by_model) == {"demo", "alt", "council"}
+    assert by_model["council"].payload.tokens_generated == 3
+    assert by_model["council"].payload.total_energy == pytest.approx(0.3)
     assert by_model["demo"].payload.tokens_generated == 3
     assert by_model["demo"].payload.delta_energy == pytest.approx(0.3)
     assert by_model["demo"].payload.total_energy == pytest.approx(0.3)
@@ -303,6 +306,8 @@ def test_energy_update_per_active_model_with_cumulative_energy() -> None:
     assert by_model["alt"].payload.tokens_generated == 1
     assert by_model["alt"].payload.delta_energy == pytest.approx(0.1)
     assert by_model["alt"].payload.total_energy == pytest.approx(0.1)
+    assert by_model["council"].payload.tokens_generated == 3
+    assert by_model["council"].payload.total_energy == pytest.approx(0.6)
 
     out = d.tick(3, 3 * PERIOD)
     by_model = {u.payload.model_id: u for u in updates(out)}
@@ -380,7 +385,7 @@ def test_end_session_with_an_error_sends_a_model_error() -> None:
     d = decipher()
     s = d.start_session("demo", 0.0)
     feed(d, s, ["par"], 0.005)
-    d.end_session(s, 0.01, error="runtime went away")
+    d.end_session(s, 0.01, SourceError("MODEL_ERROR", "runtime went away"))
     out = d.tick(1, PERIOD)
     (final,) = streams(out)
     assert final.payload.is_complete is True
@@ -398,7 +403,7 @@ def test_end_session_with_an_error_sends_a_model_error() -> None:
 def test_a_very_long_error_is_cut_to_the_contract_limit() -> None:
     d = decipher()
     s = d.start_session("demo", 0.0)
-    d.end_session(s, 0.01, error="x" * 5000)
+    d.end_session(s, 0.01, SourceError("MODEL_ERROR", "x" * 5000))
     (error,) = [e for e in d.tick(1, PERIOD).lossless_events if isinstance(e, ErrorEvent)]
     assert len(error.payload.message) <= 1000
 
@@ -413,7 +418,7 @@ def test_every_decipher_event_validates_against_published_schema(
         events.extend(out.lossless_events)
     s = d.start_session("qwen3-0_6b", 4.0)
     feed(d, s, ["é", "漢", '"'], 4.01, gap=0.001)
-    d.end_session(s, 4.02, error="boom")
+    d.end_session(s, 4.02, SourceError("MODEL_ERROR", "boom"))
     out = d.tick(300, 4.03)
     events.extend(out.frame_events + out.lossless_events)
     kinds = {type(e) for e in events}

@@ -33,6 +33,8 @@ from wirthforge_trio.contract.events import (
     HeartbeatResponsePayload,
     InterferenceEvent,
     InterferencePayload,
+    ModelStatus,
+    ModelStatusPayload,
     Ping,
     Pong,
     ResonanceEvent,
@@ -660,11 +662,24 @@ EXTENSIONS: list[Event] = [
     Pong(timestamp=TS, payload={"id": 7, "sentAt": 1234.5}),
     Pong(timestamp=TS, payload={}),
     Subscriptions(timestamp=TS, payload=SubscriptionsPayload(channels=("energy", "system"))),
+    ModelStatus(
+        timestamp=TS,
+        payload=ModelStatusPayload(
+            model_id="qwen3-0_6b", name="qwen3:0.6b", source="ollama", status="ready"
+        ),
+    ),
+    ModelStatus(
+        timestamp=TS,
+        payload=ModelStatusPayload(
+            model_id="demo", name="demo", source="demo", status="unavailable", message="down"
+        ),
+    ),
 ]
 
 
-def test_extensions_are_pong_and_subscriptions() -> None:
-    assert set(EXTENSION_EVENTS) == {Pong, Subscriptions}
+def test_extensions_are_pong_subscriptions_and_model_status() -> None:
+    assert set(EXTENSION_EVENTS) == {Pong, Subscriptions, ModelStatus}
+    assert ModelStatus.TOPIC == "models"
     assert all(not cls.STANDARD for cls in EXTENSION_EVENTS)
     assert all(cls.STANDARD for cls in STANDARD_EVENTS)
 

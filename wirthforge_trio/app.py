@@ -24,14 +24,13 @@ from quart_trio import QuartTrio
 from . import __version__
 from .config import Settings, SettingsError, detect_tier
 from .contract.codec import encode
-from .contract.events import Capability, StartupComplete, StartupCompletePayload, Tier
-from .engine.decipher import model_id_for
+from .contract.events import Capability, Event, StartupComplete, StartupCompletePayload, Tier
 from .engine.energy import PROFILES
-from .engine.runtime import Engine, UnknownModelError
+from .engine.runtime import Engine, UnknownModelError, UnknownSessionError
 from .protocol.connection import CLOSE_GOING_AWAY, ConnectionProtocol
 from .protocol.origin import origin_allowed
+from .sources import make_source
 from .sources.base import ModelSource
-from .sources.demo import DemoSource
 from .transport.connection import Connection
 from .transport.hub import Hub
 
@@ -108,11 +107,17 @@ async def _refuse_wrong_worker(library: str, scope: Any, receive: Any, send: Any
 
 
 def build_sources(settings: Settings) -> list[ModelSource]:
-    sources: list[ModelSource] = []
-    for name in settings.models:
-        if name == "demo":
-            sources.append(DemoSource(seed=settings.demo_seed, speed=settings.demo_speed))
-    return sources
+    return [
+        make_source(
+            spec,
+            ollama_url=settings.ollama_url,
+            openai_url=settings.openai_url,
+            openai_api_key=settings.openai_api_key,
+            demo_seed=settings.demo_seed,
+            demo_speed=settings.demo_speed,
+        )
+        for spec in settings.models
+    ]
 
 
 def tune_gc() -> None:
@@ -151,12 +156,24 @@ def create_app(settings: Settings | None = None) -> WirthforgeApp:
     app.config["MAX_CONTENT_LENGTH"] = MAX_PROMPT_BODY
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 0
     hub = Hub()
-    engine = Engine(build_sources(settings), hub, PROFILES[settings.profile])
+    engine = Engine(
+        build_sources(settings),
+        hub,
+        PROFILES[settings.profile],
+        first_token_timeout=settings.first_token_timeout,
+        stall_timeout=settings.stall_timeout,
+        check_interval=settings.model_check_interval,
+        preload=settings.preload,
+    )
+    capabilities: tuple[Capability, ...] = ("visualization",)
+    if len(engine.models) > 1:
+        capabilities = ("council", "visualization")
     state = ServerState(
         settings=settings,
         tier=settings.tier or detect_tier(),
         hub=hub,
         engine=engine,
+        startup_capabilities=capabilities,
     )
     app.extensions["wirthforge"] = state
 
@@ -167,7 +184,7 @@ def create_app(settings: Settings | None = None) -> WirthforgeApp:
         log.info(
             "wirthforge-trio %s ready: models %s, %s, frame clock %d Hz",
             __version__,
-            ", ".join(engine.sources),
+            ", ".join(engine.models),
             state.tier,
             int(engine.clock.rate),
         )
@@ -177,6 +194,36 @@ def create_app(settings: Settings | None = None) -> WirthforgeApp:
         with trio.move_on_after(SHUTDOWN_CLOSE_TIMEOUT):
             await hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
         engine.stop()
+
+    def resolve_model(name: str) -> str:
+        """A modelId from what a client may say: the id, the runtime's name, or the spec."""
+        if name in engine.models:
+            return name
+        for model_id, entry in engine.models.items():
+            if name in (entry.source.name, f"{entry.source.kind}:{entry.source.name}"):
+                return model_id
+        return name
+
+    def current_state(topic: str) -> list[Event]:
+        """What a client that just subscribed to an extension topic needs to catch up."""
+        if topic == "models":
+            return [entry.status_event() for entry in engine.models.values()]
+        return []
+
+    def models_view() -> list[dict[str, Any]]:
+        return [
+            {
+                "modelId": model_id,
+                "name": entry.source.name,
+                "source": entry.source.kind,
+                "status": entry.status,
+                "message": entry.message,
+                "state": str(engine.decipher.energies[model_id].state),
+                "intensity": round(engine.decipher.energies[model_id].intensity, 4),
+                "totalEnergy": round(engine.decipher.energies[model_id].total_eu, 6),
+            }
+            for model_id, entry in engine.models.items()
+        ]
 
     @app.websocket("/ws")
     async def ws() -> Any:
@@ -201,6 +248,7 @@ def create_app(settings: Settings | None = None) -> WirthforgeApp:
             remote=websocket.remote_addr or "unknown",
             heartbeat_interval=settings.heartbeat_interval,
             frame_rate=lambda: engine.clock.measured_rate,
+            current_state=current_state,
         )
         startup = StartupComplete(
             timestamp=time.time_ns() // 1_000_000,
@@ -247,13 +295,13 @@ def create_app(settings: Settings | None = None) -> WirthforgeApp:
             not isinstance(models, list) or not all(isinstance(m, str) for m in models)
         ):
             return _error(422, "'models' must be a list of model ids", "models")
-        wanted = [model_id_for(m) for m in models] if models else None
+        wanted = [resolve_model(m) for m in models] if models else None
         try:
             sessions = engine.submit(text, wanted)
         except UnknownModelError as exc:
             return _error(
                 422,
-                f"unknown model(s) {exc}; this server runs: {', '.join(engine.sources)}",
+                f"unknown model(s) {exc}; this server runs: {', '.join(engine.models)}",
                 "models",
             )
         log.info(
@@ -263,13 +311,29 @@ def create_app(settings: Settings | None = None) -> WirthforgeApp:
             {"sessions": [{"sessionId": s.id, "modelId": s.model_id} for s in sessions]}
         ), 202
 
+    @app.delete("/prompt/<session_id>")
+    async def cancel_prompt(session_id: str) -> Any:
+        try:
+            session = engine.cancel(session_id)
+        except UnknownSessionError:
+            return _error(404, f"no session {session_id[:64]!r} on this server", "sessionId")
+        if session.status != "streaming":
+            return _error(409, f"session {session.id} has already ended ({session.status})")
+        return jsonify({"sessionId": session.id, "status": "cancelling"}), 202
+
+    @app.get("/models")
+    async def models() -> Any:
+        return jsonify({"defaultModel": engine.default_model, "models": models_view()})
+
     @app.get("/health")
     async def health() -> Any:
+        statuses = {model_id: entry.status for model_id, entry in engine.models.items()}
         return jsonify(
             {
-                "status": "ok",
+                "status": "ok" if all(v == "ready" for v in statuses.values()) else "degraded",
                 "version": __version__,
                 "uptimeSeconds": round(time.monotonic() - state.started_at, 3),
+                "models": statuses,
             }
         )
 
@@ -289,16 +353,8 @@ def create_app(settings: Settings | None = None) -> WirthforgeApp:
                 "framesSkipped": clock.skipped,
                 "overruns": engine.overruns,
                 "liveSessions": engine.decipher.live_sessions,
-                "models": [
-                    {
-                        "modelId": model_id,
-                        "name": engine.model_names[model_id],
-                        "state": str(energy.state),
-                        "intensity": round(energy.intensity, 4),
-                        "totalEnergy": round(energy.total_eu, 6),
-                    }
-                    for model_id, energy in engine.decipher.energies.items()
-                ],
+                "analysesShed": engine.analyses_shed,
+                "models": models_view(),
                 "clients": [
                     {
                         "connectionId": c.id,

@@ -33,7 +33,16 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         dest="models",
         metavar="MODEL",
-        help="model source to run; repeatable (default: demo, the built-in demo model)",
+        help="model to run, repeatable: demo (the default, built in), demo:NAME, ollama:NAME "
+        "(e.g. ollama:qwen3:0.6b) or openai:NAME (any OpenAI-compatible server)",
+    )
+    serve.add_argument("--ollama-url", help="Ollama's base URL (default http://127.0.0.1:11434)")
+    serve.add_argument(
+        "--openai-url",
+        help="an OpenAI-compatible server's base URL, with /v1 (default http://127.0.0.1:8080/v1)",
+    )
+    serve.add_argument(
+        "--preload", action="store_true", default=None, help="load runtime models at start-up"
     )
     serve.add_argument(
         "--tier",
@@ -75,6 +84,9 @@ def _serve(args: argparse.Namespace) -> int:
         models=tuple(args.models) if args.models else None,
         tier=args.tier,
         log_level=args.log_level,
+        ollama_url=args.ollama_url,
+        openai_url=args.openai_url,
+        preload=args.preload,
     )
     explicit_port = args.port is not None or settings.port != DEFAULT_PORT
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")

@@ -15,12 +15,12 @@ import attrs
 
 from .contract.events import Tier
 from .engine.energy import PROFILES
+from .sources import ModelSpecError, parse_model_spec
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8145
 FALLBACK_PORT: Final = 8146
 TIERS: Final = ("Low-Tier", "Mid-Tier", "High-Tier")
-KNOWN_MODELS: Final = ("demo",)
 
 
 class SettingsError(ValueError):
@@ -32,6 +32,18 @@ class Settings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     models: tuple[str, ...] = ("demo",)
+    """Model specs: demo, demo:NAME, ollama:NAME, openai:NAME (the first is the default)."""
+    ollama_url: str = "http://127.0.0.1:11434"
+    openai_url: str = "http://127.0.0.1:8080/v1"
+    openai_api_key: str | None = None
+    preload: bool = False
+    """Ask runtimes to load their models at start-up instead of at the first prompt."""
+    first_token_timeout: float = 120.0
+    """Seconds to wait for a model's first token (a runtime may be loading the model)."""
+    stall_timeout: float = 30.0
+    """Seconds without a token, after the first, before a session is ended as stalled."""
+    model_check_interval: float = 10.0
+    """Seconds between checks of a model that was unavailable."""
     tier: Tier | None = None
     """None: detect from the machine."""
     allowed_origins: tuple[str, ...] = ()
@@ -45,14 +57,25 @@ class Settings:
     log_level: str = "INFO"
 
     def __attrs_post_init__(self) -> None:
-        for model in self.models:
-            if model not in KNOWN_MODELS:
-                raise SettingsError(
-                    f"unknown model {model!r}: this version runs {', '.join(KNOWN_MODELS)} "
-                    "(set --model / WIRTHFORGE_MODELS to one of them)"
-                )
         if not self.models:
             raise SettingsError("no model configured: set --model / WIRTHFORGE_MODELS to 'demo'")
+        for model in self.models:
+            try:
+                parse_model_spec(model)
+            except ModelSpecError as exc:
+                raise SettingsError(f"{exc} (set with --model / WIRTHFORGE_MODELS)") from None
+        for name in ("ollama_url", "openai_url"):
+            url: str = getattr(self, name)
+            if not url.startswith(("http://", "https://")):
+                raise SettingsError(
+                    f"{name.replace('_', '-')} {url!r} must start with http:// or https:// "
+                    f"(set --{name.replace('_', '-')} / WIRTHFORGE_{name.upper()})"
+                )
+        for name in ("first_token_timeout", "stall_timeout", "model_check_interval"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(
+                    f"{name.replace('_', ' ')} must be a positive number of seconds"
+                )
         if self.tier is not None and self.tier not in TIERS:
             raise SettingsError(f"tier {self.tier!r} is not one of {', '.join(TIERS)}")
         if self.profile not in PROFILES:

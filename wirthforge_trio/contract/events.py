@@ -161,6 +161,8 @@ class Event:
     CHANNEL: ClassVar[Channel]
     STANDARD: ClassVar[bool] = True
     TITLE: ClassVar[str]
+    TOPIC: ClassVar[str | None] = None
+    """What a client subscribes to for this event: its channel, or an extension topic."""
 
     timestamp: int = _field(**_NON_NEGATIVE)
 
@@ -269,6 +271,39 @@ class Subscriptions(Event):
     payload: SubscriptionsPayload
 
 
+ModelStatusValue = Literal["checking", "loading", "ready", "unavailable"]
+
+
+@attrs.frozen(kw_only=True)
+class ModelStatusPayload:
+    model_id: str = _field(**_MODEL_ID)
+    name: str
+    source: Literal["demo", "ollama", "openai"]
+    status: ModelStatusValue
+    message: str | None = _optional(maxLength=1000)
+
+
+@attrs.frozen(kw_only=True)
+class ModelStatus(Event):
+    """A model's lifecycle changed (checking, loading, ready, unavailable); topic ``models``."""
+
+    TYPE = "model_status"
+    CHANNEL = "system"
+    STANDARD = False
+    TITLE = "Model Status (extension)"
+    TOPIC = "models"
+    payload: ModelStatusPayload
+
+
+EXTENSION_TOPICS: Final[tuple[str, ...]] = ("models",)
+"""Opt-in streams beside the five channels: a client receives them after subscribing."""
+
+
+def topic_of(event: Event) -> str:
+    """The subscription name that decides who receives ``event``."""
+    return event.TOPIC or event.CHANNEL
+
+
 STANDARD_EVENTS: Final[tuple[type[Event], ...]] = (
     StartupComplete,
     EnergyUpdate,
@@ -280,7 +315,7 @@ STANDARD_EVENTS: Final[tuple[type[Event], ...]] = (
     Heartbeat,
     ErrorEvent,
 )
-EXTENSION_EVENTS: Final[tuple[type[Event], ...]] = (Pong, Subscriptions)
+EXTENSION_EVENTS: Final[tuple[type[Event], ...]] = (Pong, Subscriptions, ModelStatus)
 ALL_EVENTS: Final = STANDARD_EVENTS + EXTENSION_EVENTS
 EVENTS_BY_TYPE: Final[dict[str, type[Event]]] = {cls.TYPE: cls for cls in ALL_EVENTS}
 

@@ -30,8 +30,10 @@ from ..contract.events import (
     TokenStream,
     TokenStreamPayload,
 )
-from ..sources.base import Token
-from .energy import EU_PER_TOKEN, EnergyProfile, ModelEnergy
+from ..sources.base import SourceError, Token
+from .council import CouncilAnalyzer, ensemble_energy
+from .energy import EU_PER_TOKEN, EnergyProfile, FlowState, ModelEnergy
+from .rewards import RewardLedger
 
 FIELD_CHANGE: Final = 0.01
 """An energy_field is sent when a model's intensity moved by at least this much."""
@@ -42,9 +44,14 @@ IDLE_VISIBLE: Final = 0.001
 RETAINED_SESSIONS: Final = 256
 """Finished sessions kept (with their text) before the oldest are forgotten."""
 
+COUNCIL_ID: Final = "council"
+"""The modelId of the ensemble's energy_update and interference field (reserved)."""
+
+_FLOW_STATES: Final = frozenset({FlowState.FLOWING, FlowState.SATURATED})
+
 _INVALID_ID_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
 
-SessionStatus = Literal["streaming", "complete", "failed"]
+SessionStatus = Literal["streaming", "complete", "failed", "cancelled"]
 
 
 def model_id_for(name: str) -> str:
@@ -92,7 +99,10 @@ class Decipher:
         self.sessions: OrderedDict[str, Session] = OrderedDict()
         self._live: dict[str, Session] = {}
         self._field_sent: dict[str, float] = {}
-        self._errors: list[ErrorEvent] = []
+        self._pending_events: list[Event] = []
+        self._flow_since: dict[str, float] = {}
+        self.council = CouncilAnalyzer()
+        self.rewards = RewardLedger()
 
     # -- inputs -----------------------------------------------------------------------------
 
@@ -109,43 +119,135 @@ class Decipher:
         if session.status != "streaming":
             return
         self.energies[session.model_id].on_token(token)
+        self.council.observe_token(session.model_id, token)
         session.tokens.append(token.text)
         session.pending.append(token.text)
 
-    def end_session(self, session: Session, now: float, error: str | None = None) -> None:
-        """The source finished (or failed): the next frame sends the final batch."""
+    def end_session(
+        self,
+        session: Session,
+        now: float,
+        failure: SourceError | None = None,
+        *,
+        cancelled: bool = False,
+    ) -> None:
+        """The source finished, failed or was cancelled: the next frame sends the last batch."""
         if session.status != "streaming":
             return
-        session.status = "complete" if error is None else "failed"
+        session.status = "cancelled" if cancelled else "failed" if failure else "complete"
         self.energies[session.model_id].end_stream(now)
-        if error is not None:
-            self._errors.append(
-                ErrorEvent(
-                    timestamp=_wall_ms(),
-                    payload=ErrorPayload(
-                        severity="error",
-                        code="MODEL_ERROR",
-                        message=f"model {session.model_id} stopped: {error}"[:1000],
-                        component="model",
-                        details={"sessionId": session.id, "modelId": session.model_id},
-                        recoverable=True,
-                    ),
+        if failure is not None:
+            self.report(
+                model_error(
+                    failure,
+                    session.model_id,
+                    details={
+                        "sessionId": session.id,
+                        "modelId": session.model_id,
+                        "tokensReceived": len(session.tokens),
+                    },
                 )
             )
 
+    def report(self, event: Event) -> None:
+        """Queue a lossless event (an error, a reward) for the next frame."""
+        self._pending_events.append(event)
+
     # -- the frame ----------------------------------------------------------------------------
 
-    def tick(self, frame_number: int, now: float) -> FrameOutput:
-        """Advance every model to ``now`` and build the frame's events."""
+    def tick(self, frame_number: int, now: float, *, shed_analysis: bool = False) -> FrameOutput:
+        """Advance every model to ``now`` and build the frame's events.
+
+        ``shed_analysis`` skips the council's pattern analysis (the first thing to go when
+        the previous frame ran over budget); tokens, energy and rewards are never shed.
+        """
         started = time.perf_counter()
         wall = _wall_ms()
-        lossless: list[Event] = []
+        lossless: list[Event] = self._token_batches(wall)
+        lossless.extend(self._pending_events)
+        self._pending_events.clear()
+
+        counts: dict[str, int] = {}
+        visible: list[str] = []
+        generating: list[str] = []
+        for model_id, energy in self.energies.items():
+            energy.advance(now)
+            counts[model_id] = energy.take_frame_tokens()
+            if energy.active_streams > 0:
+                generating.append(model_id)
+            if counts[model_id] or energy.active_streams > 0 or energy.intensity > IDLE_VISIBLE:
+                visible.append(model_id)
+            self._track_flow(model_id, energy, now, wall)
+        lossless.extend(self.rewards.on_tokens(self._total_tokens(), wall))
+
+        fields: list[FrameEvent] = []
+        for model_id, energy in self.energies.items():
+            # A model fading out still gets the field that brings its intensity to 0.
+            if model_id in visible or self._field_sent.get(model_id, 0.0) > 0.0:
+                fields.extend(
+                    self._field_event(
+                        model_id,
+                        energy.intensity,
+                        energy.recent_intensities,
+                        "lightning" if energy.is_burst else "stream",
+                        frame_number,
+                        wall,
+                    )
+                )
+        council = len(visible) >= 2
+        if council or self._field_sent.get(COUNCIL_ID, 0.0) > 0.0:
+            members = [self.energies[m].intensity for m in visible]
+            fields.extend(
+                self._field_event(
+                    COUNCIL_ID,
+                    ensemble_energy(members) if council else 0.0,
+                    tuple(members),
+                    "interference",
+                    frame_number,
+                    wall,
+                )
+            )
+        if len(generating) >= 2 and not shed_analysis:
+            # Council events are history, not state: they travel lossless.
+            lossless.extend(
+                self.council.analyze(frame_number, now, wall, self.energies, generating)
+            )
+
+        processing_ms = min((time.perf_counter() - started) * 1000.0, FRAME_BUDGET_MS)
+        # At idle the default model's (decaying) energy keeps the lifeline lit.
+        rows = [(m, self.energies[m].total_eu, counts[m]) for m in visible or [self.default_model]]
+        if council:  # the ensemble as one more row: the council's summed energy
+            rows.append((COUNCIL_ID, sum(t for _, t, _ in rows), sum(c for _, _, c in rows)))
+        updates: list[FrameEvent] = [
+            EnergyUpdate(
+                timestamp=wall,
+                frame_number=frame_number,
+                payload=EnergyUpdatePayload(
+                    total_energy=round(total, 6),
+                    delta_energy=round(tokens * EU_PER_TOKEN, 6),
+                    tokens_generated=tokens,
+                    processing_time=round(processing_ms, 4),
+                    model_id=model_id,
+                ),
+            )
+            for model_id, total, tokens in rows
+        ]
+        return FrameOutput(
+            frame_number=frame_number,
+            frame_events=tuple(updates + fields),
+            lossless_events=tuple(lossless),
+            processing_ms=(time.perf_counter() - started) * 1000.0,
+        )
+
+    def _token_batches(self, wall: int) -> list[Event]:
+        """One token_stream per live session with this frame's tokens; the last says complete."""
+        events: list[Event] = []
         for session in list(self._live.values()):
             finished = session.status != "streaming"
             if session.pending or finished:
                 tokens = tuple(session.pending)
                 session.pending.clear()
-                lossless.append(
+                events.append(
                     TokenStream(
                         timestamp=wall,
                         payload=TokenStreamPayload(
@@ -160,76 +262,72 @@ class Decipher:
             if finished:
                 session.completion_sent = True
                 del self._live[session.id]
-        lossless.extend(self._errors)
-        self._errors.clear()
-
-        fields: list[FrameEvent] = []
-        counts: dict[str, int] = {}
-        visible: list[str] = []
-        for model_id, energy in self.energies.items():
-            energy.advance(now)
-            counts[model_id] = energy.take_frame_tokens()
-            shown = bool(counts[model_id]) or energy.active_streams > 0
-            if shown or energy.intensity > IDLE_VISIBLE:
-                visible.append(model_id)
-            # A model fading out still gets the field that brings its intensity to 0.
-            if model_id in visible or self._field_sent.get(model_id, 0.0) > 0.0:
-                field = self._field_event(model_id, energy, frame_number, wall)
-                if field is not None:
-                    fields.append(field)
-
-        processing_ms = min((time.perf_counter() - started) * 1000.0, FRAME_BUDGET_MS)
-        updates: list[FrameEvent] = []
-        # At idle the default model's (decaying) energy keeps the lifeline lit.
-        for model_id in visible or [self.default_model]:
-            energy = self.energies[model_id]
-            updates.append(
-                EnergyUpdate(
-                    timestamp=wall,
-                    frame_number=frame_number,
-                    payload=EnergyUpdatePayload(
-                        total_energy=round(energy.total_eu, 6),
-                        delta_energy=round(counts[model_id] * EU_PER_TOKEN, 6),
-                        tokens_generated=counts[model_id],
-                        processing_time=round(processing_ms, 4),
-                        model_id=model_id,
-                    ),
+                events.extend(
+                    self.rewards.on_session_complete(
+                        session.model_id,
+                        len(session.tokens),
+                        session.status != "complete",
+                        wall,
+                    )
                 )
-            )
-        return FrameOutput(
-            frame_number=frame_number,
-            frame_events=tuple(updates + fields),
-            lossless_events=tuple(lossless),
-            processing_ms=(time.perf_counter() - started) * 1000.0,
-        )
+        return events
+
+    def _track_flow(self, model_id: str, energy: ModelEnergy, now: float, wall: int) -> None:
+        """Long flow without a stall earns its reward once per session."""
+        flowing = energy.active_streams > 0 and energy.state in _FLOW_STATES
+        if not flowing:
+            self._flow_since.pop(model_id, None)
+            return
+        since = self._flow_since.setdefault(model_id, now)
+        for session in self._live.values():
+            if session.model_id == model_id and session.status == "streaming":
+                self._pending_events.extend(
+                    self.rewards.on_flow(session.id, now - max(since, session.started_at), wall)
+                )
+
+    def _total_tokens(self) -> int:
+        return sum(energy.token_count for energy in self.energies.values())
+
+    def council_started(self, model_count: int) -> None:
+        """A prompt went to ``model_count`` models at once (rewards the first council)."""
+        self._pending_events.extend(self.rewards.on_council_started(model_count, _wall_ms()))
 
     def _field_event(
-        self, model_id: str, energy: ModelEnergy, frame_number: int, wall: int
-    ) -> EnergyField | None:
-        intensity = min(max(energy.intensity, 0.0), 1.0)
+        self,
+        key: str,
+        intensity: float,
+        samples: tuple[float, ...],
+        field_type: Literal["lightning", "stream", "interference"],
+        frame_number: int,
+        wall: int,
+    ) -> list[EnergyField]:
+        """The energy_field for ``key`` if its intensity moved enough since the last one."""
+        intensity = min(max(intensity, 0.0), 1.0)
         if intensity <= IDLE_VISIBLE:
             intensity = 0.0
-        last = self._field_sent.get(model_id)
+        last = self._field_sent.get(key)
         fading_out = intensity == 0.0 and last not in (None, 0.0)
         if last is not None and abs(intensity - last) < FIELD_CHANGE and not fading_out:
-            return None
-        self._field_sent[model_id] = intensity
-        samples = energy.recent_intensities or (intensity,)
+            return []
+        self._field_sent[key] = intensity
+        samples = samples or (intensity,)
         span = max(len(samples) - 1, 1)
         points = tuple(
             FieldPoint(x=round(i / span, 4), y=round(e, 4), energy=round(e, 4))
             for i, e in enumerate(samples)
         )
-        return EnergyField(
-            timestamp=wall,
-            frame_number=frame_number,
-            payload=EnergyFieldPayload(
-                field_type="lightning" if energy.is_burst else "stream",
-                intensity=round(intensity, 4),
-                coordinates=points,
-                model_id=model_id,
-            ),
-        )
+        return [
+            EnergyField(
+                timestamp=wall,
+                frame_number=frame_number,
+                payload=EnergyFieldPayload(
+                    field_type=field_type,
+                    intensity=round(intensity, 4),
+                    coordinates=points,
+                    model_id=key,
+                ),
+            )
+        ]
 
     def _forget_old_sessions(self) -> None:
         finished = [s for s in self.sessions.values() if s.completion_sent]
@@ -241,6 +339,26 @@ class Decipher:
     @property
     def live_sessions(self) -> int:
         return len(self._live)
+
+
+def model_error(
+    failure: SourceError, model_id: str, details: dict[str, object] | None = None
+) -> ErrorEvent:
+    """The error_event (component ``model``) that tells the user what happened and what to do."""
+    text = f"model {model_id}: {failure.message}"
+    if failure.hint:
+        text += f" {failure.hint}"
+    return ErrorEvent(
+        timestamp=_wall_ms(),
+        payload=ErrorPayload(
+            severity="error",
+            code=failure.code,
+            message=text[:1000],
+            component="model",
+            details=dict(details or {"modelId": model_id}),
+            recoverable=True,
+        ),
+    )
 
 
 def _wall_ms() -> int:

@@ -1,7 +1,10 @@
-"""The running engine: the frame clock, the Decipher and the generation tasks in one nursery.
+"""The running engine: the frame clock, the models' lifecycles and every generation, in one
+nursery.
 
 It publishes through a small :class:`Publisher` interface, so the engine knows nothing of
-connections: the app hands it the transport's hub.
+connections: the app hands it the transport's hub. Every generation runs in its own cancel
+scope, which is how a session is cancelled and how a stalled runtime is given up on; a
+failing runtime ends its own session with an error_event and never touches the others.
 """
 
 from __future__ import annotations
@@ -10,19 +13,36 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from contextlib import aclosing
+from typing import Final, Protocol
 
+import attrs
 import trio
 
-from ..contract.events import FRAME_BUDGET_MS, Event, FrameEvent
-from ..sources.base import ModelSource
+from ..contract.events import (
+    FRAME_BUDGET_MS,
+    Event,
+    FrameEvent,
+    ModelStatus,
+    ModelStatusPayload,
+    ModelStatusValue,
+)
+from ..sources.base import (
+    MODEL_NOT_FOUND,
+    MODEL_TIMEOUT,
+    MODEL_UNAVAILABLE,
+    ModelSource,
+    SourceError,
+)
 from .clock import FrameClock
-from .decipher import Decipher, Session, model_id_for
+from .decipher import COUNCIL_ID, Decipher, Session, model_error, model_id_for
 from .energy import EnergyProfile
 
 log = logging.getLogger("wirthforge_trio.engine")
 
-OVERRUN_WARNING_INTERVAL = 5.0
+OVERRUN_WARNING_INTERVAL: Final = 5.0
+CHECK_TIMEOUT: Final = 15.0
+"""Seconds a runtime gets to answer a model check (or a preload) before it counts as down."""
 
 
 class Publisher(Protocol):
@@ -37,6 +57,44 @@ class UnknownModelError(LookupError):
     """A prompt named a model this server does not run."""
 
 
+class UnknownSessionError(LookupError):
+    """A cancel named a session this server does not know (or no longer retains)."""
+
+
+@attrs.define
+class ModelEntry:
+    """One configured model: its source and where it stands in its lifecycle."""
+
+    model_id: str
+    source: ModelSource
+    status: ModelStatusValue = "checking"
+    message: str | None = None
+
+    def status_event(self) -> ModelStatus:
+        return ModelStatus(
+            timestamp=time.time_ns() // 1_000_000,
+            payload=ModelStatusPayload(
+                model_id=self.model_id,
+                name=self.source.name,
+                source=self.source.kind,  # type: ignore[arg-type]
+                status=self.status,
+                message=self.message,
+            ),
+        )
+
+
+def unique_model_ids(sources: Sequence[ModelSource]) -> list[str]:
+    """Contract-valid, stable and distinct ids, in configuration order (``council`` is taken)."""
+    ids: list[str] = []
+    for source in sources:
+        base = model_id_for(source.name)
+        candidate, n = base, 2
+        while candidate in ids or candidate == COUNCIL_ID:
+            candidate, n = f"{base}-{n}", n + 1
+        ids.append(candidate)
+    return ids
+
+
 class Engine:
     """Owns the clock, the models and every generation; cancel :meth:`run` to stop them all."""
 
@@ -47,74 +105,219 @@ class Engine:
         profile: EnergyProfile,
         *,
         frame_rate: float = 60.0,
+        first_token_timeout: float = 120.0,
+        stall_timeout: float = 30.0,
+        check_interval: float = 10.0,
+        preload: bool = False,
     ) -> None:
         if not sources:
             raise ValueError("the engine needs at least one model source")
-        self.sources = {model_id_for(s.name): s for s in sources}
-        self.model_names = {model_id: s.name for model_id, s in self.sources.items()}
-        self.default_model = next(iter(self.sources))
-        self.decipher = Decipher(list(self.sources), profile, self.default_model)
+        self.models = {
+            model_id: ModelEntry(model_id, source)
+            for model_id, source in zip(unique_model_ids(sources), sources, strict=True)
+        }
+        self.default_model = next(iter(self.models))
+        self.decipher = Decipher(list(self.models), profile, self.default_model)
         self.publisher = publisher
         self.clock = FrameClock(frame_rate)
+        self.first_token_timeout = first_token_timeout
+        self.stall_timeout = stall_timeout
+        self.check_interval = check_interval
+        self.preload = preload
         self.overruns = 0
+        self.analyses_shed = 0
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
+        self._generations: dict[str, trio.CancelScope] = {}
+        self._watched: set[str] = set()
         self._last_overrun_warning = -math.inf
+        self._last_tick_over_budget = False
+        self._last_skipped = 0
+
+    @property
+    def model_names(self) -> dict[str, str]:
+        return {model_id: entry.source.name for model_id, entry in self.models.items()}
+
+    # -- running --------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Tick and generate until :meth:`stop` (or the caller) cancels."""
+        """Tick, watch the models and generate until :meth:`stop` (or the caller) cancels."""
         with trio.CancelScope() as self._scope:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                await nursery.start(self.clock.run, self._on_tick)
-                task_status.started()
-        self._nursery = None
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    await nursery.start(self.clock.run, self._on_tick)
+                    for model_id in self.models:
+                        self._watch(model_id)
+                    task_status.started()
+            finally:
+                self._nursery = None
+                with trio.CancelScope(shield=True):
+                    for entry in self.models.values():
+                        await entry.source.aclose()
 
     def stop(self) -> None:
-        """Cancel the clock and every generation; :meth:`run` returns promptly."""
+        """Cancel the clock, the watchers and every generation; :meth:`run` returns promptly."""
         if self._scope is not None:
             self._scope.cancel()
 
+    # -- model lifecycle --------------------------------------------------------------------------
+
+    def _watch(self, model_id: str) -> None:
+        if self._nursery is not None and model_id not in self._watched:
+            self._watched.add(model_id)
+            self._nursery.start_soon(self._watch_model, model_id)
+
+    async def _watch_model(self, model_id: str) -> None:
+        """Check (and optionally preload) a model until it is ready, retrying while it is not."""
+        entry = self.models[model_id]
+        try:
+            while True:
+                try:
+                    with trio.fail_after(CHECK_TIMEOUT):
+                        await entry.source.check()
+                    if self.preload:
+                        self._set_status(entry, "loading", None)
+                        with trio.fail_after(self.first_token_timeout):
+                            await entry.source.preload()
+                except SourceError as exc:
+                    self._mark_unavailable(entry, exc)
+                except trio.TooSlowError:
+                    self._mark_unavailable(
+                        entry,
+                        SourceError(
+                            MODEL_UNAVAILABLE,
+                            f"the {entry.source.kind} runtime did not answer in time",
+                            "check that it is running and not overloaded",
+                        ),
+                    )
+                else:
+                    self._set_status(entry, "ready", None)
+                    return
+                await trio.sleep(self.check_interval)
+        finally:
+            self._watched.discard(model_id)
+
+    def _set_status(self, entry: ModelEntry, status: ModelStatusValue, message: str | None) -> None:
+        """Record a lifecycle change and tell the clients that follow the ``models`` topic."""
+        if (entry.status, entry.message) == (status, message):
+            return
+        entry.status, entry.message = status, message
+        self.publisher.publish(entry.status_event())
+        if status == "ready":
+            log.info("model %s (%s) is ready", entry.model_id, entry.source.kind)
+
+    def _mark_unavailable(
+        self, entry: ModelEntry, failure: SourceError, *, announce: bool = True
+    ) -> None:
+        """Every client hears of an outage once (error_event); retries change only the status.
+
+        ``announce=False`` when a session's own error_event has already said it.
+        """
+        if entry.status != "unavailable" and announce:
+            log.warning(
+                "model %s (%s) is unavailable: %s", entry.model_id, entry.source.kind, failure.code
+            )
+            self.publisher.publish(model_error(failure, entry.model_id))
+        self._set_status(entry, "unavailable", str(failure))
+
+    # -- sessions -------------------------------------------------------------------------------
+
     def submit(self, prompt: str, model_ids: Sequence[str] | None = None) -> list[Session]:
-        """Start one session per model; generation runs in the engine's nursery."""
+        """Start one session per model; each generation runs in the engine's nursery."""
         if self._nursery is None:
             raise RuntimeError("the engine is not running")
-        wanted = list(model_ids) if model_ids else [self.default_model]
-        unknown = [m for m in wanted if m not in self.sources]
+        wanted = list(dict.fromkeys(model_ids)) if model_ids else [self.default_model]
+        unknown = [m for m in wanted if m not in self.models]
         if unknown:
             raise UnknownModelError(", ".join(unknown))
         now = trio.current_time()
-        sessions = []
-        for model_id in dict.fromkeys(wanted):
-            session = self.decipher.start_session(model_id, now)
-            self._nursery.start_soon(self._generate, session, self.sources[model_id], prompt)
-            sessions.append(session)
+        sessions = [self.decipher.start_session(model_id, now) for model_id in wanted]
+        self.decipher.council_started(len(sessions))
+        for session in sessions:
+            scope = trio.CancelScope()
+            self._generations[session.id] = scope
+            self._nursery.start_soon(self._generate, session, scope, prompt)
         return sessions
 
-    async def _generate(self, session: Session, source: ModelSource, prompt: str) -> None:
-        error: str | None = None
-        try:
-            async for token in source.generate(prompt):
-                self.decipher.on_token(session, token)
-        except Exception as exc:  # a failing runtime ends its session, never the server
-            error = f"{type(exc).__name__}: {exc}"
+    def cancel(self, session_id: str) -> Session:
+        """Cancel a live session: its runtime stream is closed and it completes at once."""
+        session = self.decipher.sessions.get(session_id)
+        if session is None:
+            raise UnknownSessionError(session_id)
+        scope = self._generations.get(session_id)
+        if scope is not None:
+            scope.cancel()
+        return session
+
+    async def _generate(self, session: Session, scope: trio.CancelScope, prompt: str) -> None:
+        entry = self.models[session.model_id]
+        failure: SourceError | None = None
+        with scope:
+            try:
+                failure = await self._stream(session, entry.source, prompt)
+            except SourceError as exc:
+                failure = exc
+            except Exception as exc:  # a broken source ends its session, never the server
+                log.exception("model %s failed in session %s", session.model_id, session.id)
+                failure = SourceError(
+                    "MODEL_ERROR",
+                    f"the {entry.source.kind} source failed ({type(exc).__name__})",
+                    "see the server log",
+                )
+        self._generations.pop(session.id, None)
+        cancelled = scope.cancelled_caught and failure is None
+        self.decipher.end_session(session, trio.current_time(), failure, cancelled=cancelled)
+        if failure is not None:
             log.warning(
-                "model %s failed in session %s: %s",
-                session.model_id,
-                session.id,
-                type(exc).__name__,
+                "session %s of model %s ended: %s", session.id, session.model_id, failure.code
             )
-        finally:
-            self.decipher.end_session(session, trio.current_time(), error)
+            if failure.code in (MODEL_UNAVAILABLE, MODEL_NOT_FOUND):
+                self._mark_unavailable(entry, failure, announce=False)
+                self._watch(entry.model_id)
+        elif cancelled:
+            log.info("session %s cancelled", session.id)
+
+    async def _stream(
+        self, session: Session, source: ModelSource, prompt: str
+    ) -> SourceError | None:
+        """Feed the source's tokens to the Decipher; a token overdue ends it as a stall."""
+        timeout = self.first_token_timeout
+        async with aclosing(source.generate(prompt)) as tokens:  # type: ignore[type-var]
+            while True:
+                with trio.move_on_after(timeout) as waiting:
+                    try:
+                        token = await anext(tokens)
+                    except StopAsyncIteration:
+                        return None
+                if waiting.cancelled_caught:
+                    first = timeout == self.first_token_timeout and not session.tokens
+                    return SourceError(
+                        MODEL_TIMEOUT,
+                        f"no {'first ' if first else ''}token for {timeout:g} s; the session "
+                        "was ended",
+                        "check the runtime (is it overloaded or still loading the model?) "
+                        "or raise WIRTHFORGE_FIRST_TOKEN_TIMEOUT / WIRTHFORGE_STALL_TIMEOUT",
+                    )
+                self.decipher.on_token(session, token)
+                timeout = self.stall_timeout
+
+    # -- the frame ------------------------------------------------------------------------------
 
     def _on_tick(self, frame_number: int, now: float) -> None:
         started = time.perf_counter()
-        output = self.decipher.tick(frame_number, now)
+        # Pattern analysis is the first thing shed when the previous frame ran late.
+        shed = self._last_tick_over_budget or self.clock.skipped > self._last_skipped
+        self._last_skipped = self.clock.skipped
+        if shed:
+            self.analyses_shed += 1
+        output = self.decipher.tick(frame_number, now, shed_analysis=shed)
         for event in output.lossless_events:
             self.publisher.publish(event)
         self.publisher.publish_frame(frame_number, output.frame_events)
         elapsed_ms = (time.perf_counter() - started) * 1000.0
-        if elapsed_ms > FRAME_BUDGET_MS:
+        self._last_tick_over_budget = elapsed_ms > FRAME_BUDGET_MS
+        if self._last_tick_over_budget:
             self.overruns += 1
             if now - self._last_overrun_warning > OVERRUN_WARNING_INTERVAL:
                 self._last_overrun_warning = now

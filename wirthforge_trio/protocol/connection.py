@@ -17,6 +17,7 @@ import attrs
 from ..contract.codec import ClientMessageError, decode_client_message
 from ..contract.events import (
     CHANNELS,
+    EXTENSION_TOPICS,
     ErrorEvent,
     ErrorPayload,
     Event,
@@ -37,6 +38,9 @@ CLOSE_TOO_BIG: Final = 1009
 CLOSE_HEARTBEAT_TIMEOUT: Final = 4408
 """Application close code (4000-4999 range) for a client that stopped answering heartbeats."""
 
+SUBSCRIBABLE: Final = CHANNELS + EXTENSION_TOPICS
+"""The five standard channels (on by default) and the opt-in extension topics."""
+
 ALWAYS_ON: Final = frozenset({"system"})
 """Channels a connection cannot leave: the handshake, heartbeats, errors and replies."""
 
@@ -56,7 +60,14 @@ class Close:
     reason: str
 
 
-Action = Reply | Close
+@attrs.frozen
+class CatchUp:
+    """The client just subscribed to an extension topic: send it the topic's current state."""
+
+    topic: str
+
+
+Action = Reply | Close | CatchUp
 
 
 def error_event(
@@ -187,14 +198,15 @@ class ConnectionProtocol:
 
     def _change_subscriptions(self, message: Subscribe | Unsubscribe, wall_ms: int) -> list[Action]:
         requested = set(message.payload.channels)
-        unknown = sorted(requested - set(CHANNELS))
+        unknown = sorted(requested - set(SUBSCRIBABLE))
         if unknown:
             return [
                 Reply(
                     error_event(
                         "UNKNOWN_CHANNEL",
                         f"{message.TYPE}: unknown channel(s) {', '.join(map(repr, unknown))}; "
-                        f"channels are: {', '.join(CHANNELS)}",
+                        f"channels are: {', '.join(CHANNELS)}; extension topics: "
+                        f"{', '.join(EXTENSION_TOPICS)}",
                         timestamp=wall_ms,
                         details={"channels": unknown},
                     )
@@ -211,14 +223,17 @@ class ConnectionProtocol:
                     )
                 )
             ]
+        added = sorted(requested - self.subscriptions)
         if isinstance(message, Subscribe):
             self.subscriptions |= requested
         else:
             self.subscriptions -= requested
-        ordered = tuple(c for c in CHANNELS if c in self.subscriptions)
-        return [
+            added = []
+        ordered = tuple(c for c in SUBSCRIBABLE if c in self.subscriptions)
+        reply: list[Action] = [
             Reply(Subscriptions(timestamp=wall_ms, payload=SubscriptionsPayload(channels=ordered)))
         ]
+        return reply + [CatchUp(topic) for topic in added if topic in EXTENSION_TOPICS]
 
     def wants(self, channel: str) -> bool:
         return channel in self.subscriptions

@@ -12,16 +12,17 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import trio
 
 from ..contract.codec import encode
-from ..contract.events import FRAME_BUDGET_MS, TokenStream
+from ..contract.events import FRAME_BUDGET_MS, Event, TokenStream
 from ..protocol.connection import (
     CLOSE_GOING_AWAY,
     CLOSE_HEARTBEAT_TIMEOUT,
+    CatchUp,
     Close,
     ConnectionProtocol,
     Reply,
@@ -61,6 +62,7 @@ class Connection:
         remote: str,
         heartbeat_interval: float,
         frame_rate: Callable[[], float],
+        current_state: Callable[[str], Sequence[Event]] = lambda topic: (),
     ) -> None:
         self.websocket = websocket
         self.protocol = protocol
@@ -68,6 +70,7 @@ class Connection:
         self.remote = remote
         self.heartbeat_interval = heartbeat_interval
         self._frame_rate = frame_rate
+        self._current_state = current_state
         self._closing: Close | None = None
         self._nursery: trio.Nursery | None = None
         self._last_warning = -math.inf
@@ -80,9 +83,9 @@ class Connection:
 
     # -- fan-out entry points (called by the hub, never block) ---------------------------------
 
-    def deliver(self, channel: str, text: str, event: object = None) -> None:
-        """Queue a lossless message if the client is subscribed to its channel."""
-        if not self.protocol.wants(channel):
+    def deliver(self, topic: str, text: str, event: Event) -> None:
+        """Queue a lossless message if the client is subscribed to its channel or topic."""
+        if not self.protocol.wants(topic):
             return
         if isinstance(event, TokenStream):
             self.mailbox.put_tokens(event, text)
@@ -155,6 +158,9 @@ class Connection:
             for action in actions:
                 if isinstance(action, Reply):
                     self.mailbox.put(encode(action.event))
+                elif isinstance(action, CatchUp):
+                    for event in self._current_state(action.topic):
+                        self.mailbox.put(encode(event))
                 else:
                     self.request_close(action.code, action.reason)
                     return

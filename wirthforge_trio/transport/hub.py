@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 import trio
 
 from ..contract.codec import encode
-from ..contract.events import Event, FrameEvent
+from ..contract.events import Event, FrameEvent, topic_of
 from .connection import Connection
 from .mailbox import Frame
 
@@ -59,9 +59,9 @@ class Hub:
         if not self._connections:
             return
         text = encode(event)
-        channel = event.CHANNEL
+        topic = topic_of(event)
         for connection in self._connections.values():
-            connection.deliver(channel, text, event)
+            connection.deliver(topic, text, event)
 
     @property
     def frames_replaced(self) -> int:

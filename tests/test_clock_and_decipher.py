@@ -21,6 +21,8 @@ from wirthforge_trio.contract.events import (
     EnergyUpdate,
     ErrorEvent,
     Event,
+    InterferenceEvent,
+    ResonanceEvent,
     TokenStream,
 )
 from wirthforge_trio.engine.clock import FrameClock
@@ -431,3 +433,29 @@ def test_every_decipher_event_validates_against_published_schema(
         if "frameNumber" in message:
             frame_numbers.append(message["frameNumber"])
     assert frame_numbers == sorted(frame_numbers)
+
+
+def test_council_analysis_is_shed_first_and_tokens_are_not() -> None:
+    """Two models generating in step: interference events appear, unless the frame sheds."""
+
+    def run(shed: bool) -> tuple[int, int]:
+        d = decipher("demo", "alt")
+        a, b = d.start_session("demo", 0.0), d.start_session("alt", 0.0)
+        council_events = token_batches = 0
+        for frame in range(1, 120):
+            now = frame * PERIOD
+            if frame % 3 == 0:
+                d.on_token(a, Token(text=" a", at=now - 0.001))
+                d.on_token(b, Token(text=" b", at=now - 0.001))
+            out = d.tick(frame, now, shed_analysis=shed)
+            council_events += sum(
+                isinstance(e, InterferenceEvent | ResonanceEvent) for e in out.lossless_events
+            )
+            token_batches += len(streams(out))
+        return council_events, token_batches
+
+    analysed, batches = run(shed=False)
+    shed, batches_when_shed = run(shed=True)
+    assert analysed > 0
+    assert shed == 0
+    assert batches_when_shed == batches > 0

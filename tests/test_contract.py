@@ -43,6 +43,7 @@ from wirthforge_trio.contract.events import (
     RewardPayload,
     StartupComplete,
     StartupCompletePayload,
+    StateSnapshot,
     Subscribe,
     Subscriptions,
     SubscriptionsPayload,
@@ -677,8 +678,8 @@ EXTENSIONS: list[Event] = [
 ]
 
 
-def test_extensions_are_pong_subscriptions_and_model_status() -> None:
-    assert set(EXTENSION_EVENTS) == {Pong, Subscriptions, ModelStatus}
+def test_extensions_are_pong_subscriptions_model_status_and_snapshot() -> None:
+    assert set(EXTENSION_EVENTS) == {Pong, Subscriptions, ModelStatus, StateSnapshot}
     assert ModelStatus.TOPIC == "models"
     assert all(not cls.STANDARD for cls in EXTENSION_EVENTS)
     assert all(cls.STANDARD for cls in STANDARD_EVENTS)
@@ -1101,10 +1102,16 @@ def test_decodes_valid_client_messages(text: str, expected: Any) -> None:
             "seq",
         ),
         ('{"type": "heartbeat_response", "timestamp": -5}', "INVALID_FIELD", "timestamp"),
-        ('{"type": "subscribe", "payload": {"channels": []}}', "INVALID_FIELD", "channels"),
+        ('{"type": "subscribe", "payload": {"models": ["no spaces"]}}', "INVALID_FIELD", "models"),
         ('{"type": "subscribe", "payload": {"channels": "energy"}}', "INVALID_FIELD", "channels"),
         ('{"type": "subscribe", "payload": {"channels": [1]}}', "INVALID_FIELD", "channels"),
-        ('{"type": "unsubscribe", "payload": {}}', "INVALID_FIELD", "channels"),
+        ('{"type": "unsubscribe", "payload": {"channels": "energy"}}', "INVALID_FIELD", "channels"),
+        (
+            '{"type": "resume", "payload": {"sessions": [{"tokens": 3}]}}',
+            "INVALID_FIELD",
+            "sessionId",
+        ),
+        ('{"type": "resume", "payload": {"lastFrame": -1}}', "INVALID_FIELD", "lastFrame"),
         ('{"type": "subscribe"}', "INVALID_FIELD", "payload"),
         (
             '{"type": "subscribe", "payload": {"channels": ["energy"], "all": true}}',

@@ -16,6 +16,7 @@ from wirthforge_trio.protocol.connection import (
     CLOSE_TOO_BIG,
     Close,
     ConnectionProtocol,
+    Join,
     Reply,
 )
 from wirthforge_trio.protocol.origin import origin_allowed
@@ -392,3 +393,74 @@ def test_configured_origins_are_allowed() -> None:
 def test_star_allows_any_origin(origin: str) -> None:
     assert origin_allowed(origin, "127.0.0.1:8145", ["*"]) is True
     assert origin_allowed(origin, "127.0.0.1:8145") is False
+
+
+# -- model filters and resume -------------------------------------------------------------
+
+
+def test_model_filter_by_subscribe_and_unsubscribe() -> None:
+    proto = make()
+    assert proto.wants_models(("a",)) and proto.wants_models(())
+    reply = only_event(send(proto, {"type": "subscribe", "payload": {"models": ["a"]}}))
+    assert reply.payload.models == ("a",)
+    assert proto.wants_models(("a",)) and not proto.wants_models(("b",))
+    assert proto.wants_models(()), "events about no model always pass"
+    assert proto.wants_models(("b", "a")), "a council event passes if any member is wanted"
+    only_event(send(proto, {"type": "unsubscribe", "payload": {"models": ["a"]}}))
+    assert not proto.wants_models(("a",))
+    reply = only_event(send(proto, {"type": "subscribe", "payload": {"models": ["*"]}}))
+    assert reply.payload.models is None and proto.wants_models(("b",))
+    only_event(send(proto, {"type": "unsubscribe", "payload": {"models": ["b"]}}))
+    assert proto.wants_models(("a",)) and not proto.wants_models(("b",))
+
+
+def test_subscribe_needs_a_channel_or_a_model() -> None:
+    event = only_event(send(make(), {"type": "subscribe", "payload": {}}))
+    assert event.payload.code == "INVALID_FIELD"
+    assert "channels" in event.payload.message and "models" in event.payload.message
+
+
+def resuming() -> ConnectionProtocol:
+    return ConnectionProtocol(
+        "c-r", max_message_bytes=4096, heartbeat_timeout=TIMEOUT, expect_resume=True
+    )
+
+
+def test_resume_first_joins_with_the_payload_and_restores_subscriptions() -> None:
+    proto = resuming()
+    actions = proto.receive(
+        json.dumps(
+            {
+                "type": "resume",
+                "payload": {
+                    "serverInstance": "i-1",
+                    "lastFrame": 40,
+                    "sessions": [{"sessionId": "s-1", "tokens": 7}],
+                    "channels": ["experience"],
+                    "models": ["demo"],
+                },
+            }
+        ),
+        1.0,
+        WALL,
+    )
+    (join,) = actions
+    assert isinstance(join, Join) and join.resume is not None
+    assert join.resume.last_frame == 40 and join.resume.sessions[0].tokens == 7
+    assert proto.channels == ("experience", "system"), "system is always on"
+    assert proto.subscribed_models == ("demo",)
+    again = only_event(send(proto, {"type": "resume", "payload": {}}))
+    assert again.payload.code == "RESUME_NOT_EXPECTED"
+
+
+def test_a_resuming_connection_that_sends_something_else_joins_fresh() -> None:
+    proto = resuming()
+    actions = send(proto, {"type": "ping", "payload": {"n": 2}})
+    assert isinstance(actions[0], Join) and actions[0].resume is None
+    assert isinstance(actions[1], Reply) and isinstance(actions[1].event, Pong)
+    assert proto.join() == [], "joining happens once"
+
+
+def test_resume_on_a_live_connection_is_refused() -> None:
+    event = only_event(send(make(), {"type": "resume", "payload": {}}))
+    assert event.payload.code == "RESUME_NOT_EXPECTED"

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any, Final
 
 import attrs
@@ -24,8 +25,17 @@ from quart_trio import QuartTrio
 from . import __version__
 from .config import Settings, SettingsError, detect_tier
 from .contract.codec import encode
-from .contract.events import Capability, Event, StartupComplete, StartupCompletePayload, Tier
+from .contract.events import (
+    Capability,
+    Event,
+    ResumePayload,
+    StartupComplete,
+    StartupCompletePayload,
+    Tier,
+)
+from .engine.decipher import Retention
 from .engine.energy import PROFILES
+from .engine.recovery import wants_for
 from .engine.runtime import Engine, UnknownModelError, UnknownSessionError
 from .protocol.connection import CLOSE_GOING_AWAY, ConnectionProtocol
 from .protocol.origin import origin_allowed
@@ -148,8 +158,14 @@ def _error(status: int, message: str, field: str | None = None) -> tuple[Respons
     return jsonify(body), status
 
 
-def create_app(settings: Settings | None = None) -> WirthforgeApp:
-    """A new app for ``settings`` (default: from the ``WIRTHFORGE_*`` environment)."""
+def create_app(
+    settings: Settings | None = None, *, extra_sources: Sequence[ModelSource] = ()
+) -> WirthforgeApp:
+    """A new app for ``settings`` (default: from the ``WIRTHFORGE_*`` environment).
+
+    ``extra_sources`` are an embedding program's own model sources, served beside the
+    configured ones.
+    """
     settings = settings if settings is not None else Settings.from_env()
     _configure_logging(settings.log_level)
     app = WirthforgeApp(__name__)
@@ -157,13 +173,18 @@ def create_app(settings: Settings | None = None) -> WirthforgeApp:
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 0
     hub = Hub()
     engine = Engine(
-        build_sources(settings),
+        [*build_sources(settings), *extra_sources],
         hub,
         PROFILES[settings.profile],
         first_token_timeout=settings.first_token_timeout,
         stall_timeout=settings.stall_timeout,
         check_interval=settings.model_check_interval,
         preload=settings.preload,
+        retention=Retention(
+            sessions=settings.retention_sessions,
+            events=settings.retention_events,
+            seconds=settings.retention_seconds,
+        ),
     )
     capabilities: tuple[Capability, ...] = ("visualization",)
     if len(engine.models) > 1:
@@ -194,6 +215,20 @@ def create_app(settings: Settings | None = None) -> WirthforgeApp:
         with trio.move_on_after(SHUTDOWN_CLOSE_TIMEOUT):
             await hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
         engine.stop()
+
+    def join(connection: Connection, resume: ResumePayload | None) -> None:
+        """Queue a resuming client's catch-up and add it to the hub in one step (no await
+        between), so every event is either in the catch-up or live, never both or neither."""
+        if resume is not None:
+            protocol = connection.protocol
+            for event in engine.catch_up(
+                resume,
+                wants=wants_for(protocol.wants, protocol.wants_models),
+                channels=protocol.channels,
+                subscribed_models=protocol.subscribed_models,
+            ):
+                connection.mailbox.put(encode(event))
+        hub.add(connection)
 
     def resolve_model(name: str) -> str:
         """A modelId from what a client may say: the id, the runtime's name, or the spec."""
@@ -244,11 +279,14 @@ def create_app(settings: Settings | None = None) -> WirthforgeApp:
                 f"c-{uuid.uuid4().hex[:12]}",
                 max_message_bytes=settings.max_message_bytes,
                 heartbeat_timeout=settings.heartbeat_timeout,
+                expect_resume=websocket.args.get("resume") in ("1", "true"),
             ),
             remote=websocket.remote_addr or "unknown",
             heartbeat_interval=settings.heartbeat_interval,
             frame_rate=lambda: engine.clock.measured_rate,
             current_state=current_state,
+            on_join=join,
+            resume_wait=settings.resume_wait,
         )
         startup = StartupComplete(
             timestamp=time.time_ns() // 1_000_000,
@@ -259,7 +297,6 @@ def create_app(settings: Settings | None = None) -> WirthforgeApp:
                 capabilities=state.startup_capabilities,
             ),
         )
-        hub.add(connection)
         log.info(
             "connection %s opened from %s (%d open)", connection.id, connection.remote, len(hub)
         )

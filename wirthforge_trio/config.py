@@ -44,6 +44,14 @@ class Settings:
     """Seconds without a token, after the first, before a session is ended as stalled."""
     model_check_interval: float = 10.0
     """Seconds between checks of a model that was unavailable."""
+    retention_sessions: int = 64
+    """Finished sessions kept with their text for clients that resume."""
+    retention_events: int = 1000
+    """Rewards, council and error events kept for clients that resume."""
+    retention_seconds: float = 900.0
+    """Nothing finished longer ago than this is kept for resuming."""
+    resume_wait: float = 2.0
+    """Seconds a ``/ws?resume=1`` connection waits for the client's ``resume``."""
     tier: Tier | None = None
     """None: detect from the machine."""
     allowed_origins: tuple[str, ...] = ()
@@ -71,7 +79,13 @@ class Settings:
                     f"{name.replace('_', '-')} {url!r} must start with http:// or https:// "
                     f"(set --{name.replace('_', '-')} / WIRTHFORGE_{name.upper()})"
                 )
-        for name in ("first_token_timeout", "stall_timeout", "model_check_interval"):
+        for name in (
+            "first_token_timeout",
+            "stall_timeout",
+            "model_check_interval",
+            "retention_seconds",
+            "resume_wait",
+        ):
             if getattr(self, name) <= 0:
                 raise SettingsError(
                     f"{name.replace('_', ' ')} must be a positive number of seconds"
@@ -87,6 +101,8 @@ class Settings:
                 "heartbeat interval must be positive and shorter than the heartbeat timeout "
                 f"(got {self.heartbeat_interval:g} s and {self.heartbeat_timeout:g} s)"
             )
+        if self.retention_sessions < 0 or self.retention_events < 0:
+            raise SettingsError("retention counts must be 0 or more")
         if self.max_message_bytes < 256:
             raise SettingsError("max message size must be at least 256 bytes")
         if not 0 <= self.port < 65536:

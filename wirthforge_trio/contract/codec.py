@@ -17,7 +17,7 @@ import jsonschema
 import orjson
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
-from .events import CLIENT_MESSAGES_BY_TYPE, ClientMessage, Event, FrameEvent
+from .events import CLIENT_MESSAGES_BY_TYPE, EVENTS_BY_TYPE, ClientMessage, Event, FrameEvent
 from .schema import client_message_schema, to_camel
 
 
@@ -68,6 +68,31 @@ def to_wire(event: Event) -> dict[str, Any]:
 def encode(event: Event) -> str:
     """The event's wire text (a WebSocket text frame), encoded once."""
     return orjson.dumps(converter.unstructure(event)).decode()
+
+
+class EventDecodeError(ValueError):
+    """A server message that is not a contract event (for clients of this server)."""
+
+
+def decode_event(data: str | bytes) -> Event:
+    """The typed event a server message carries (the inverse of :func:`encode`)."""
+    try:
+        obj = orjson.loads(data)
+        cls = EVENTS_BY_TYPE[obj["type"]]
+        fields = {"timestamp": obj["timestamp"], "payload": obj["payload"]}
+        if issubclass(cls, FrameEvent):
+            fields["frameNumber"] = obj["frameNumber"]
+        return converter.structure(fields, cls)
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise EventDecodeError(f"not a contract event: {exc!r}") from None
+    except cattrs.BaseValidationError as exc:
+        raise EventDecodeError(f"malformed {obj.get('type')!r} event: {exc}") from None
+
+
+def encode_client_message(message: ClientMessage) -> str:
+    """A client message's wire text: ``{"type": ..., "payload": {...}}``."""
+    body = {"type": message.TYPE, "payload": converter.unstructure(message.payload)}  # type: ignore[attr-defined]
+    return orjson.dumps(body).decode()
 
 
 class ClientMessageError(Exception):

@@ -148,6 +148,8 @@ class ErrorPayload:
 @attrs.frozen(kw_only=True)
 class SubscriptionsPayload:
     channels: tuple[str, ...]
+    models: tuple[str, ...] | None = None
+    """The modelIds whose events the connection receives; absent: every model."""
 
 
 # --- envelopes ------------------------------------------------------------------------------
@@ -278,7 +280,7 @@ ModelStatusValue = Literal["checking", "loading", "ready", "unavailable"]
 class ModelStatusPayload:
     model_id: str = _field(**_MODEL_ID)
     name: str
-    source: Literal["demo", "ollama", "openai"]
+    source: Literal["demo", "ollama", "openai", "custom"]
     status: ModelStatusValue
     message: str | None = _optional(maxLength=1000)
 
@@ -295,8 +297,71 @@ class ModelStatus(Event):
     payload: ModelStatusPayload
 
 
+SessionStatusValue = Literal["streaming", "complete", "failed", "cancelled", "unknown"]
+
+
+@attrs.frozen(kw_only=True)
+class SnapshotModel:
+    model_id: str = _field(**_MODEL_ID)
+    total_energy: float = _field(**_NON_NEGATIVE)
+    intensity: float = _field(**_UNIT)
+    state: Literal["IDLE", "CHARGING", "FLOWING", "STALLING", "SATURATED", "DRAINED"]
+
+
+@attrs.frozen(kw_only=True)
+class SnapshotSession:
+    session_id: str
+    model_id: str | None = _optional(**_MODEL_ID)
+    status: SessionStatusValue
+    tokens: int = _field(**_NON_NEGATIVE)
+    """Tokens the server has sent of this session so far (live ones come after)."""
+    resumable: bool
+    reason: str | None = None
+    """Why it cannot be resumed (expired, unknown, server restarted)."""
+
+
+@attrs.frozen(kw_only=True)
+class StateSnapshotPayload:
+    server_instance: str
+    resumed: bool
+    """False when nothing could be resumed (another server instance, or no resume asked)."""
+    reason: str | None = None
+    frame_number: int = _field(**_NON_NEGATIVE)
+    models: tuple[SnapshotModel, ...]
+    sessions: tuple[SnapshotSession, ...]
+    rewards: tuple[str, ...]
+    channels: tuple[str, ...]
+    subscribed_models: tuple[str, ...] | None = None
+    retention_sessions: int = _field(**_NON_NEGATIVE)
+    retention_seconds: float = _field(**_NON_NEGATIVE)
+
+
+@attrs.frozen(kw_only=True)
+class StateSnapshot(Event):
+    """The state a resuming client needs, sent before the events it missed."""
+
+    TYPE = "state_snapshot"
+    CHANNEL = "system"
+    STANDARD = False
+    TITLE = "State Snapshot (extension)"
+    payload: StateSnapshotPayload
+
+
 EXTENSION_TOPICS: Final[tuple[str, ...]] = ("models",)
 """Opt-in streams beside the five channels: a client receives them after subscribing."""
+
+
+def models_of(event: Event) -> tuple[str, ...]:
+    """The modelIds an event is about (empty when it is about none), for model filters."""
+    payload = getattr(event, "payload", None)
+    model_id = getattr(payload, "model_id", None)
+    if isinstance(model_id, str):
+        return (model_id,)
+    for name in ("models", "participants"):
+        ids = getattr(payload, name, None)
+        if isinstance(ids, tuple):
+            return ids
+    return ()
 
 
 def topic_of(event: Event) -> str:
@@ -315,7 +380,12 @@ STANDARD_EVENTS: Final[tuple[type[Event], ...]] = (
     Heartbeat,
     ErrorEvent,
 )
-EXTENSION_EVENTS: Final[tuple[type[Event], ...]] = (Pong, Subscriptions, ModelStatus)
+EXTENSION_EVENTS: Final[tuple[type[Event], ...]] = (
+    Pong,
+    Subscriptions,
+    ModelStatus,
+    StateSnapshot,
+)
 ALL_EVENTS: Final = STANDARD_EVENTS + EXTENSION_EVENTS
 EVENTS_BY_TYPE: Final[dict[str, type[Event]]] = {cls.TYPE: cls for cls in ALL_EVENTS}
 
@@ -346,7 +416,14 @@ class HeartbeatResponse(ClientMessage):
 
 @attrs.frozen(kw_only=True)
 class ChannelsPayload:
-    channels: tuple[str, ...] = _field(minItems=1)
+    """Channels and extension topics, and modelIds, to add or remove (one list may be empty)."""
+
+    channels: tuple[str, ...] = attrs.field(default=(), metadata={"optional": True})
+    models: tuple[str, ...] = attrs.field(
+        default=(),
+        metadata={"optional": True, "schema": {"items": {"pattern": r"^([a-zA-Z0-9_-]+|\*)$"}}},
+    )
+    """``["*"]`` in a subscribe: every model again."""
 
 
 @attrs.frozen(kw_only=True)
@@ -369,11 +446,38 @@ class Ping(ClientMessage):
     payload: dict[str, Any] = attrs.field(factory=dict)
 
 
+@attrs.frozen(kw_only=True)
+class HeldSession:
+    """What a reconnecting client already holds of one session."""
+
+    session_id: str
+    tokens: int = _field(**_NON_NEGATIVE)
+    complete: bool = attrs.field(default=False, metadata={"optional": True})
+
+
+@attrs.frozen(kw_only=True)
+class ResumePayload:
+    server_instance: str | None = None
+    last_frame: int | None = _optional(**_NON_NEGATIVE)
+    sessions: tuple[HeldSession, ...] = attrs.field(default=(), metadata={"optional": True})
+    channels: tuple[str, ...] | None = None
+    models: tuple[str, ...] | None = _optional(items=_MODEL_ID)
+
+
+@attrs.frozen(kw_only=True)
+class Resume(ClientMessage):
+    """First message on a ``/ws?resume=1`` connection: what the client has from before."""
+
+    TYPE = "resume"
+    payload: ResumePayload = ResumePayload()
+
+
 CLIENT_MESSAGES: Final[tuple[type[ClientMessage], ...]] = (
     HeartbeatResponse,
     Subscribe,
     Unsubscribe,
     Ping,
+    Resume,
 )
 CLIENT_MESSAGES_BY_TYPE: Final[dict[str, type[ClientMessage]]] = {
     cls.TYPE: cls for cls in CLIENT_MESSAGES

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Final, Literal
 
 import attrs
@@ -41,8 +41,6 @@ FIELD_CHANGE: Final = 0.01
 IDLE_VISIBLE: Final = 0.001
 """Below this intensity a model with no open stream no longer gets energy_update frames."""
 
-RETAINED_SESSIONS: Final = 256
-"""Finished sessions kept (with their text) before the oldest are forgotten."""
 
 COUNCIL_ID: Final = "council"
 """The modelId of the ensemble's energy_update and interference field (reserved)."""
@@ -60,6 +58,27 @@ def model_id_for(name: str) -> str:
     return mapped or "model"
 
 
+@attrs.frozen
+class Retention:
+    """How much history the server keeps for clients that reconnect (count and age)."""
+
+    sessions: int = 64
+    """Finished sessions kept with their full text (live ones are always kept)."""
+    events: int = 1000
+    """Lossless events other than tokens (rewards, council, errors) kept for replay."""
+    seconds: float = 900.0
+    """Nothing finished longer ago than this is kept."""
+
+
+@attrs.frozen
+class Logged:
+    """A lossless event as it was published: in which frame, at what time."""
+
+    frame_number: int
+    at: float
+    event: Event
+
+
 @attrs.define
 class Session:
     """One model's answer to one prompt: its text so far and what the next frame must send."""
@@ -67,10 +86,18 @@ class Session:
     id: str
     model_id: str
     started_at: float
+    start_frame: int = 0
+    """The frame during which it started: a client that saw a later frame saw it start."""
     tokens: list[str] = attrs.field(factory=list)
     pending: list[str] = attrs.field(factory=list)
     status: SessionStatus = "streaming"
     completion_sent: bool = False
+    ended_at: float | None = None
+
+    @property
+    def published(self) -> int:
+        """Tokens already handed to the transport (the rest go out with the next frame)."""
+        return len(self.tokens) - len(self.pending)
 
     @property
     def text(self) -> str:
@@ -90,13 +117,24 @@ class FrameOutput:
 class Decipher:
     """Energy and sessions of every model the server runs."""
 
-    def __init__(self, model_ids: list[str], profile: EnergyProfile, default_model: str) -> None:
+    def __init__(
+        self,
+        model_ids: list[str],
+        profile: EnergyProfile,
+        default_model: str,
+        *,
+        retention: Retention | None = None,
+    ) -> None:
         if default_model not in model_ids:
             raise ValueError(f"default model {default_model!r} is not among {model_ids}")
         self.profile = profile
         self.default_model = default_model
         self.energies: dict[str, ModelEnergy] = {m: ModelEnergy(profile) for m in model_ids}
+        self.retention = retention or Retention()
         self.sessions: OrderedDict[str, Session] = OrderedDict()
+        self.history: deque[Logged] = deque()
+        """Lossless events other than tokens, kept for clients that resume."""
+        self.frame_number = 0
         self._live: dict[str, Session] = {}
         self._field_sent: dict[str, float] = {}
         self._pending_events: list[Event] = []
@@ -108,11 +146,15 @@ class Decipher:
 
     def start_session(self, model_id: str, now: float) -> Session:
         energy = self.energies[model_id]
-        session = Session(id=f"s-{uuid.uuid4().hex[:16]}", model_id=model_id, started_at=now)
+        session = Session(
+            id=f"s-{uuid.uuid4().hex[:16]}",
+            model_id=model_id,
+            started_at=now,
+            start_frame=self.frame_number,
+        )
         energy.start_prompt(now)
         self.sessions[session.id] = session
         self._live[session.id] = session
-        self._forget_old_sessions()
         return session
 
     def on_token(self, session: Session, token: Token) -> None:
@@ -163,7 +205,8 @@ class Decipher:
         """
         started = time.perf_counter()
         wall = _wall_ms()
-        lossless: list[Event] = self._token_batches(wall)
+        self.frame_number = frame_number
+        lossless: list[Event] = self._token_batches(wall, now)
         lossless.extend(self._pending_events)
         self._pending_events.clear()
 
@@ -232,6 +275,7 @@ class Decipher:
             )
             for model_id, total, tokens in rows
         ]
+        self._remember(frame_number, now, lossless)
         return FrameOutput(
             frame_number=frame_number,
             frame_events=tuple(updates + fields),
@@ -239,7 +283,7 @@ class Decipher:
             processing_ms=(time.perf_counter() - started) * 1000.0,
         )
 
-    def _token_batches(self, wall: int) -> list[Event]:
+    def _token_batches(self, wall: int, now: float) -> list[Event]:
         """One token_stream per live session with this frame's tokens; the last says complete."""
         events: list[Event] = []
         for session in list(self._live.values()):
@@ -261,6 +305,7 @@ class Decipher:
                 )
             if finished:
                 session.completion_sent = True
+                session.ended_at = now
                 del self._live[session.id]
                 events.extend(
                     self.rewards.on_session_complete(
@@ -329,10 +374,24 @@ class Decipher:
             )
         ]
 
-    def _forget_old_sessions(self) -> None:
-        finished = [s for s in self.sessions.values() if s.completion_sent]
-        for session in finished[: max(0, len(self.sessions) - RETAINED_SESSIONS)]:
+    def _remember(self, frame_number: int, now: float, lossless: list[Event]) -> None:
+        """Log this frame's lossless events (tokens live in their sessions) and forget what
+        is past retention: the oldest first, by count and by age."""
+        for event in lossless:
+            if not isinstance(event, TokenStream):
+                self.history.append(Logged(frame_number, now, event))
+        keep = self.retention
+        history = self.history
+        while history and (len(history) > keep.events or now - history[0].at > keep.seconds):
+            history.popleft()
+        finished = [s for s in self.sessions.values() if s.ended_at is not None]
+        excess = len(self.sessions) - keep.sessions
+        for session in finished:
+            assert session.ended_at is not None
+            if excess <= 0 and now - session.ended_at <= keep.seconds:
+                break
             del self.sessions[session.id]
+            excess -= 1
 
     # -- views ----------------------------------------------------------------------------------
 

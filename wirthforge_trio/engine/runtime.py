@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import aclosing
 from typing import Final, Protocol
 
@@ -23,9 +24,12 @@ from ..contract.events import (
     FRAME_BUDGET_MS,
     Event,
     FrameEvent,
+    InterferenceEvent,
     ModelStatus,
     ModelStatusPayload,
     ModelStatusValue,
+    ResonanceEvent,
+    ResumePayload,
 )
 from ..sources.base import (
     MODEL_NOT_FOUND,
@@ -35,8 +39,9 @@ from ..sources.base import (
     SourceError,
 )
 from .clock import FrameClock
-from .decipher import COUNCIL_ID, Decipher, Session, model_error, model_id_for
+from .decipher import COUNCIL_ID, Decipher, Retention, Session, model_error, model_id_for
 from .energy import EnergyProfile
+from .recovery import catch_up
 
 log = logging.getLogger("wirthforge_trio.engine")
 
@@ -51,6 +56,10 @@ class Publisher(Protocol):
     def publish_frame(self, number: int, events: Iterable[FrameEvent]) -> None: ...
 
     def publish(self, event: Event) -> None: ...
+
+
+CouncilEvents = (InterferenceEvent, ResonanceEvent)
+"""Frame events that are history rather than state: they travel lossless."""
 
 
 class UnknownModelError(LookupError):
@@ -109,6 +118,7 @@ class Engine:
         stall_timeout: float = 30.0,
         check_interval: float = 10.0,
         preload: bool = False,
+        retention: Retention | None = None,
     ) -> None:
         if not sources:
             raise ValueError("the engine needs at least one model source")
@@ -117,7 +127,11 @@ class Engine:
             for model_id, source in zip(unique_model_ids(sources), sources, strict=True)
         }
         self.default_model = next(iter(self.models))
-        self.decipher = Decipher(list(self.models), profile, self.default_model)
+        self.decipher = Decipher(
+            list(self.models), profile, self.default_model, retention=retention
+        )
+        self.instance_id = f"i-{uuid.uuid4().hex[:16]}"
+        """Tells this server run apart from any other (a restart makes a new one)."""
         self.publisher = publisher
         self.clock = FrameClock(frame_rate)
         self.first_token_timeout = first_token_timeout
@@ -218,8 +232,40 @@ class Engine:
             log.warning(
                 "model %s (%s) is unavailable: %s", entry.model_id, entry.source.kind, failure.code
             )
-            self.publisher.publish(model_error(failure, entry.model_id))
+            self.decipher.report(model_error(failure, entry.model_id))
         self._set_status(entry, "unavailable", str(failure))
+
+    # -- the stream ----------------------------------------------------------------------------
+
+    def publish(self, event: Event) -> None:
+        """Send an event of the embedding program's own to every subscribed client.
+
+        It goes out with the next frame, on the lossless queue, and is kept for clients that
+        resume (unless it is a frame event: those are state, sent at once and never kept).
+        """
+        if isinstance(event, FrameEvent) and not isinstance(event, CouncilEvents):
+            self.publisher.publish_frame(self.clock.frame_number, [event])
+        else:
+            self.decipher.report(event)
+
+    def catch_up(
+        self,
+        resume: ResumePayload,
+        *,
+        wants: Callable[[Event], bool],
+        channels: tuple[str, ...],
+        subscribed_models: tuple[str, ...] | None,
+    ) -> list[Event]:
+        """The state_snapshot and the missed events for a client that resumes."""
+        return catch_up(
+            self.decipher,
+            resume,
+            server_instance=self.instance_id,
+            wall_ms=time.time_ns() // 1_000_000,
+            wants=wants,
+            channels=channels,
+            subscribed_models=subscribed_models,
+        )
 
     # -- sessions -------------------------------------------------------------------------------
 

@@ -26,6 +26,8 @@ from ..contract.events import (
     HeartbeatResponse,
     Ping,
     Pong,
+    Resume,
+    ResumePayload,
     Subscribe,
     Subscriptions,
     SubscriptionsPayload,
@@ -67,7 +69,14 @@ class CatchUp:
     topic: str
 
 
-Action = Reply | Close | CatchUp
+@attrs.frozen
+class Join:
+    """Start the live stream for this connection; with ``resume``, catch it up first."""
+
+    resume: ResumePayload | None
+
+
+Action = Reply | Close | CatchUp | Join
 
 
 def error_event(
@@ -103,11 +112,17 @@ class ConnectionProtocol:
         max_message_bytes: int,
         heartbeat_timeout: float,
         rtt_samples: int = 32,
+        expect_resume: bool = False,
     ) -> None:
         self.connection_id = connection_id
         self.max_message_bytes = max_message_bytes
         self.heartbeat_timeout = heartbeat_timeout
         self.subscriptions: set[str] = set(CHANNELS)
+        self.models_included: set[str] | None = None
+        """Only these modelIds' events (None: every model), minus ``models_excluded``."""
+        self.models_excluded: set[str] = set()
+        self.awaiting_resume = expect_resume
+        """Opened with ``?resume=1``: the first message decides how the stream starts."""
         self._heartbeat_sequence = 0
         self._heartbeats_in_flight: dict[int, float] = {}
         self._rtts: deque[float] = deque(maxlen=rtt_samples)
@@ -179,10 +194,46 @@ class ConnectionProtocol:
         try:
             message = decode_client_message(data)
         except ClientMessageError as exc:
-            return [
-                Reply(error_event(exc.code, exc.message, timestamp=wall_ms, details=exc.details))
-            ]
+            error = error_event(exc.code, exc.message, timestamp=wall_ms, details=exc.details)
+            return [*self.join(), Reply(error)]
+        if isinstance(message, Resume):
+            return self._resume(message, wall_ms)
+        return self.join() + self._handle(message, now, wall_ms)
 
+    def join(self) -> list[Action]:
+        """The live stream starts now, without a resume (also when the wait for one expires)."""
+        if not self.awaiting_resume:
+            return []
+        self.awaiting_resume = False
+        return [Join(None)]
+
+    def _resume(self, message: Resume, wall_ms: int) -> list[Action]:
+        if not self.awaiting_resume:
+            return [
+                Reply(
+                    error_event(
+                        "RESUME_NOT_EXPECTED",
+                        "resume: send it as the first message of a connection opened with "
+                        "/ws?resume=1 (this connection is already live)",
+                        timestamp=wall_ms,
+                    )
+                )
+            ]
+        self.awaiting_resume = False
+        replies: list[Action] = []
+        payload = message.payload
+        if payload.channels is not None:
+            wanted = set(payload.channels) | ALWAYS_ON
+            unknown = sorted(wanted - set(SUBSCRIBABLE))
+            if unknown:
+                replies.append(Reply(self._unknown_channels("resume", unknown, wall_ms)))
+            self.subscriptions = wanted & set(SUBSCRIBABLE)
+        if payload.models is not None:
+            self.models_included = set(payload.models)
+            self.models_excluded = set()
+        return [Join(payload), *replies]
+
+    def _handle(self, message: object, now: float, wall_ms: int) -> list[Action]:
         if isinstance(message, HeartbeatResponse):
             self._last_response = now
             sequence = message.payload.sequence
@@ -196,22 +247,33 @@ class ConnectionProtocol:
             return self._change_subscriptions(message, wall_ms)
         raise AssertionError(f"unhandled client message {message!r}")  # pragma: no cover
 
+    def _unknown_channels(self, kind: str, unknown: list[str], wall_ms: int) -> ErrorEvent:
+        return error_event(
+            "UNKNOWN_CHANNEL",
+            f"{kind}: unknown channel(s) {', '.join(map(repr, unknown))}; "
+            f"channels are: {', '.join(CHANNELS)}; extension topics: "
+            f"{', '.join(EXTENSION_TOPICS)}",
+            timestamp=wall_ms,
+            details={"channels": unknown},
+        )
+
     def _change_subscriptions(self, message: Subscribe | Unsubscribe, wall_ms: int) -> list[Action]:
         requested = set(message.payload.channels)
-        unknown = sorted(requested - set(SUBSCRIBABLE))
-        if unknown:
+        models = set(message.payload.models)
+        if not requested and not models:
             return [
                 Reply(
                     error_event(
-                        "UNKNOWN_CHANNEL",
-                        f"{message.TYPE}: unknown channel(s) {', '.join(map(repr, unknown))}; "
-                        f"channels are: {', '.join(CHANNELS)}; extension topics: "
-                        f"{', '.join(EXTENSION_TOPICS)}",
+                        "INVALID_FIELD",
+                        f"{message.TYPE}: name at least one channel (payload.channels) or "
+                        "modelId (payload.models)",
                         timestamp=wall_ms,
-                        details={"channels": unknown},
                     )
                 )
             ]
+        unknown = sorted(requested - set(SUBSCRIBABLE))
+        if unknown:
+            return [Reply(self._unknown_channels(message.TYPE, unknown, wall_ms))]
         if isinstance(message, Unsubscribe) and requested & ALWAYS_ON:
             return [
                 Reply(
@@ -226,14 +288,50 @@ class ConnectionProtocol:
         added = sorted(requested - self.subscriptions)
         if isinstance(message, Subscribe):
             self.subscriptions |= requested
+            if "*" in models:  # every model again
+                self.models_included, self.models_excluded = None, set()
+            elif models:
+                self.models_excluded -= models
+                if self.models_included is not None:
+                    self.models_included |= models
+                else:
+                    self.models_included = models
         else:
             self.subscriptions -= requested
             added = []
-        ordered = tuple(c for c in SUBSCRIBABLE if c in self.subscriptions)
-        reply: list[Action] = [
-            Reply(Subscriptions(timestamp=wall_ms, payload=SubscriptionsPayload(channels=ordered)))
-        ]
+            self.models_excluded |= models
+            if self.models_included is not None:
+                self.models_included -= models
+        reply: list[Action] = [Reply(self.subscriptions_event(wall_ms))]
         return reply + [CatchUp(topic) for topic in added if topic in EXTENSION_TOPICS]
+
+    def subscriptions_event(self, wall_ms: int) -> Subscriptions:
+        """The connection's subscriptions as the ``subscriptions`` reply states them."""
+        return Subscriptions(
+            timestamp=wall_ms,
+            payload=SubscriptionsPayload(channels=self.channels, models=self.subscribed_models),
+        )
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return tuple(c for c in SUBSCRIBABLE if c in self.subscriptions)
+
+    @property
+    def subscribed_models(self) -> tuple[str, ...] | None:
+        """The model filter as a list when it is one (None: every model but the excluded)."""
+        if self.models_included is None:
+            return None
+        return tuple(sorted(self.models_included - self.models_excluded))
 
     def wants(self, channel: str) -> bool:
         return channel in self.subscriptions
+
+    def wants_models(self, model_ids: tuple[str, ...]) -> bool:
+        """Whether an event about these models passes the model filter (no models: yes)."""
+        if not model_ids or (self.models_included is None and not self.models_excluded):
+            return True
+        return any(
+            (self.models_included is None or m in self.models_included)
+            and m not in self.models_excluded
+            for m in model_ids
+        )

@@ -18,13 +18,15 @@ from typing import Protocol
 import trio
 
 from ..contract.codec import encode
-from ..contract.events import FRAME_BUDGET_MS, Event, TokenStream
+from ..contract.events import FRAME_BUDGET_MS, Event, ResumePayload, TokenStream, models_of
 from ..protocol.connection import (
     CLOSE_GOING_AWAY,
     CLOSE_HEARTBEAT_TIMEOUT,
+    Action,
     CatchUp,
     Close,
     ConnectionProtocol,
+    Join,
     Reply,
     error_event,
 )
@@ -63,6 +65,8 @@ class Connection:
         heartbeat_interval: float,
         frame_rate: Callable[[], float],
         current_state: Callable[[str], Sequence[Event]] = lambda topic: (),
+        on_join: Callable[[Connection, ResumePayload | None], None] = lambda c, r: None,
+        resume_wait: float = 2.0,
     ) -> None:
         self.websocket = websocket
         self.protocol = protocol
@@ -71,6 +75,8 @@ class Connection:
         self.heartbeat_interval = heartbeat_interval
         self._frame_rate = frame_rate
         self._current_state = current_state
+        self._on_join = on_join
+        self.resume_wait = resume_wait
         self._closing: Close | None = None
         self._nursery: trio.Nursery | None = None
         self._last_warning = -math.inf
@@ -84,8 +90,8 @@ class Connection:
     # -- fan-out entry points (called by the hub, never block) ---------------------------------
 
     def deliver(self, topic: str, text: str, event: Event) -> None:
-        """Queue a lossless message if the client is subscribed to its channel or topic."""
-        if not self.protocol.wants(topic):
+        """Queue a lossless message if the client is subscribed to its topic and models."""
+        if not (self.protocol.wants(topic) and self.protocol.wants_models(models_of(event))):
             return
         if isinstance(event, TokenStream):
             self.mailbox.put_tokens(event, text)
@@ -100,9 +106,15 @@ class Connection:
 
     # -- the connection's life ----------------------------------------------------------------
 
+    def join(self, resume: ResumePayload | None) -> None:
+        """Go live: the app queues the catch-up (if any) and adds us to the hub, atomically."""
+        self._on_join(self, resume)
+
     async def run(self, first_message: str) -> None:
         """Serve the connection until the client leaves, is closed, or times out."""
         self.mailbox.put(first_message)
+        if not self.protocol.awaiting_resume:
+            self.join(None)
         with trio.CancelScope() as watchdog:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -150,24 +162,38 @@ class Connection:
 
     async def _reader(self, watchdog: trio.CancelScope) -> None:
         protocol = self.protocol
-        while True:
-            data = await self.websocket.receive()
-            actions = protocol.receive(data, trio.current_time(), wall_ms())
-            deadline = protocol.liveness_deadline
-            watchdog.deadline = math.inf if deadline is None else deadline
-            for action in actions:
-                if isinstance(action, Reply):
-                    self.mailbox.put(encode(action.event))
-                elif isinstance(action, CatchUp):
-                    for event in self._current_state(action.topic):
-                        self.mailbox.put(encode(event))
-                else:
-                    self.request_close(action.code, action.reason)
-                    return
+        if protocol.awaiting_resume:
+            # A resuming client speaks first; one that does not within the wait goes live as is.
+            with trio.move_on_after(self.resume_wait):
+                self._handle(await self.websocket.receive(), watchdog)
+            for action in protocol.join():
+                self._apply(action)
+        while protocol.closed is None:  # after a Close, the writer ends the connection
+            self._handle(await self.websocket.receive(), watchdog)
+
+    def _handle(self, data: str | bytes, watchdog: trio.CancelScope) -> None:
+        """Apply the protocol's answer to one client message; push the liveness deadline."""
+        protocol = self.protocol
+        actions = protocol.receive(data, trio.current_time(), wall_ms())
+        deadline = protocol.liveness_deadline
+        watchdog.deadline = math.inf if deadline is None else deadline
+        for action in actions:
+            self._apply(action)
+
+    def _apply(self, action: Action) -> None:
+        if isinstance(action, Reply):
+            self.mailbox.put(encode(action.event))
+        elif isinstance(action, CatchUp):
+            for event in self._current_state(action.topic):
+                self.mailbox.put(encode(event))
+        elif isinstance(action, Join):
+            self.join(action.resume)
+        else:
+            self.request_close(action.code, action.reason)
 
     async def _writer(self) -> None:
         mailbox = self.mailbox
-        wants = self.protocol.wants
+        wants, wants_models = self.protocol.wants, self.protocol.wants_models
         while True:
             await mailbox.wait()
             while (text := mailbox.take_lossless()) is not None:
@@ -183,8 +209,8 @@ class Connection:
                 await self._send(heartbeat)
             frame = mailbox.take_frame()
             if frame is not None:
-                for channel, text in frame.messages:
-                    if wants(channel):
+                for channel, models, text in frame.messages:
+                    if wants(channel) and wants_models(models):
                         await self._send(text)
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("connection %s sent frame %d", self.id, frame.number)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 import trio
 
 from ..contract.codec import encode
-from ..contract.events import Event, FrameEvent, topic_of
+from ..contract.events import Event, FrameEvent, models_of, topic_of
 from .connection import Connection
 from .mailbox import Frame
 
@@ -49,7 +49,7 @@ class Hub:
         """Encode the frame's events once and offer them to every connection's frame slot."""
         if not self._connections:
             return
-        frame = Frame(number, tuple((e.CHANNEL, encode(e)) for e in events))
+        frame = Frame(number, tuple((e.CHANNEL, models_of(e), encode(e)) for e in events))
         for connection in self._connections.values():
             connection.mailbox.offer_frame(frame)
         self.frames_published += 1

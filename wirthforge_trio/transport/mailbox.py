@@ -25,8 +25,8 @@ class Frame:
     """One frame's messages, each encoded once and shared by every connection."""
 
     number: int
-    messages: tuple[tuple[str, str], ...]
-    """(channel, wire text) pairs."""
+    messages: tuple[tuple[str, tuple[str, ...], str], ...]
+    """(channel, modelIds, wire text) for each event."""
 
 
 @attrs.define

@@ -127,12 +127,12 @@ async def start_server(nursery: trio.Nursery, settings: Settings) -> RunningServ
     """Start the real server (Hypercorn, trio worker) on a free port inside ``nursery``."""
     app = create_app(settings)
     stop = trio.Event()
-    url = await nursery.start(
+    server = await nursery.start(
         lambda task_status: serve(
             settings, app=app, shutdown_trigger=stop.wait, task_status=task_status
         )
     )
-    return RunningServer(url=url, app=app, settings=settings, stop=stop)
+    return RunningServer(url=server.url, app=app, settings=settings, stop=stop)
 
 
 @pytest.fixture

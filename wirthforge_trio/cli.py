@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -76,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from .app import create_app
-    from .server import serve
+    from .server import serve, wait_for_signal
 
     settings = Settings.from_env(
         host=args.host,
@@ -94,14 +95,17 @@ def _serve(args: argparse.Namespace) -> int:
 
     async def main_task() -> None:
         async with trio.open_nursery() as nursery:
-            url = await nursery.start(
-                lambda task_status: serve(
-                    settings, app=app, explicit_port=explicit_port, task_status=task_status
+            server = await nursery.start(
+                partial(
+                    serve,
+                    settings,
+                    app=app,
+                    explicit_port=explicit_port,
+                    shutdown_trigger=wait_for_signal,
                 )
             )
-            ws_url = url.replace("http://", "ws://", 1)
             print(
-                f"wirthforge-trio {__version__}: {ws_url}/ws  (health: {url}/health; "
+                f"wirthforge-trio {__version__}: {server.ws_url}  (health: {server.url}/health; "
                 "Ctrl+C to stop)",
                 flush=True,
             )

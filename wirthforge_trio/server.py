@@ -3,9 +3,11 @@
 Another Trio program runs the server inside its own nursery::
 
     async with trio.open_nursery() as nursery:
-        url = await nursery.start(serve, Settings(port=0))
-        ...
+        server = await nursery.start(serve, Settings(port=0))
+        ...                              # server.url, server.publish(event), server.submit()
         nursery.cancel_scope.cancel()   # clients get close 1001, then the server stops
+
+or ``async with running(Settings(port=0)) as server:``. See docs/embedding.md.
 
 The listening socket is bound here rather than by Hypercorn, so that a taken default port can
 fall back to 8146 (WF-TECH-001) and a taken explicit port gives a clear message.
@@ -17,15 +19,22 @@ import errno
 import logging
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from functools import partial
 
+import attrs
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from .app import SHUTDOWN_CLOSE_TIMEOUT, WirthforgeApp, create_app
 from .config import DEFAULT_PORT, FALLBACK_PORT, Settings, SettingsError
+from .contract.events import Event
+from .engine.decipher import Session
+from .engine.runtime import Engine
 from .protocol.connection import CLOSE_GOING_AWAY
+from .sources.base import ModelSource
 
 SHUTDOWN_DEADLINE = 5.0
 """Seconds Hypercorn gets to finish after the clients were told to go (then it is cancelled)."""
@@ -68,30 +77,86 @@ def hypercorn_config(sock: socket.socket, settings: Settings) -> Config:
     return config
 
 
-async def _wait_for_signal() -> None:
+@asynccontextmanager
+async def running(
+    settings: Settings | None = None, *, sources: Sequence[ModelSource] = ()
+) -> AsyncIterator[Server]:
+    """``async with running(Settings(port=0)) as server:``; leaving it shuts the server down."""
+    async with trio.open_nursery() as nursery:
+        server: Server = await nursery.start(partial(serve, settings, sources=sources))
+        try:
+            yield server
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def wait_for_signal() -> None:
+    """Return on Ctrl+C or SIGTERM (for the command line; embedders bring their own)."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
             return
 
 
+@attrs.frozen
+class Server:
+    """A running server, as :func:`serve` hands it to the program that started it."""
+
+    host: str
+    port: int
+    app: WirthforgeApp
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port)."""
+        return self.host, self.port
+
+    @property
+    def url(self) -> str:
+        """The base URL (``http://127.0.0.1:8145``)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        """The WebSocket URL (``ws://127.0.0.1:8145/ws``)."""
+        return self.url.replace("http://", "ws://", 1) + "/ws"
+
+    @property
+    def engine(self) -> Engine:
+        return self.app.wirthforge.engine
+
+    def publish(self, event: Event) -> None:
+        """Send an event of the program's own to every subscribed client (lossless unless it
+        is a frame event), kept for clients that resume."""
+        self.engine.publish(event)
+
+    def submit(self, prompt: str, models: Sequence[str] | None = None) -> list[Session]:
+        """Start a generation as ``POST /prompt`` does; returns the sessions."""
+        return self.engine.submit(prompt, models)
+
+
 async def serve(
-    settings: Settings,
+    settings: Settings | None = None,
     *,
+    sources: Sequence[ModelSource] = (),
     app: WirthforgeApp | None = None,
     explicit_port: bool = True,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
-    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until ``shutdown_trigger`` returns or the caller cancels; starts with the base URL.
+    """Serve until the caller cancels (or ``shutdown_trigger`` returns).
 
-    Either way, open WebSockets are closed with 1001 before the server exits.
+    ``await nursery.start(serve, settings)`` returns the :class:`Server` once it listens.
+    ``sources`` are the program's own model sources, served beside the configured ones.
+    On the way out, open WebSockets are closed with 1001 before the server exits.
     """
-    app = app if app is not None else create_app(settings)
+    settings = settings if settings is not None else Settings()
+    app = app if app is not None else create_app(settings, extra_sources=sources)
     sock = bind_listener(settings.host, settings.port, explicit_port=explicit_port)
     host, port = sock.getsockname()[:2]
     config = hypercorn_config(sock, settings)
     hub = app.wirthforge.hub
-    trigger = shutdown_trigger or _wait_for_signal
+    trigger = shutdown_trigger or trio.sleep_forever
     stop = trio.Event()
     server_scope = trio.CancelScope(shield=True)
 
@@ -101,10 +166,9 @@ async def serve(
         with server_scope:
             await hypercorn_serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
 
-    shown_host = f"[{host}]" if ":" in host else host
     async with trio.open_nursery() as nursery:
         await nursery.start(run_hypercorn)
-        task_status.started(f"http://{shown_host}:{port}")
+        task_status.started(Server(host=host, port=port, app=app))
         try:
             await trigger()
         finally:

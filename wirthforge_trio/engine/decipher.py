@@ -138,6 +138,7 @@ class Decipher:
         self._live: dict[str, Session] = {}
         self._field_sent: dict[str, float] = {}
         self._pending_events: list[Event] = []
+        self._pending_frame_events: list[FrameEvent] = []
         self._flow_since: dict[str, float] = {}
         self.council = CouncilAnalyzer()
         self.rewards = RewardLedger()
@@ -190,6 +191,10 @@ class Decipher:
                     },
                 )
             )
+
+    def report_frame_event(self, event: FrameEvent) -> None:
+        """Add an energy event of the embedding program's own to the next frame."""
+        self._pending_frame_events.append(event)
 
     def report(self, event: Event) -> None:
         """Queue a lossless event (an error, a reward) for the next frame."""
@@ -276,9 +281,11 @@ class Decipher:
             for model_id, total, tokens in rows
         ]
         self._remember(frame_number, now, lossless)
+        external = [attrs.evolve(e, frame_number=frame_number) for e in self._pending_frame_events]
+        self._pending_frame_events.clear()
         return FrameOutput(
             frame_number=frame_number,
-            frame_events=tuple(updates + fields),
+            frame_events=tuple(updates + fields + external),
             lossless_events=tuple(lossless),
             processing_ms=(time.perf_counter() - started) * 1000.0,
         )

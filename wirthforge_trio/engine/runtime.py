@@ -58,6 +58,8 @@ class Publisher(Protocol):
     def publish(self, event: Event) -> None: ...
 
 
+BUILT_IN_KINDS: Final = ("demo", "ollama", "openai")
+
 CouncilEvents = (InterferenceEvent, ResonanceEvent)
 """Frame events that are history rather than state: they travel lossless."""
 
@@ -85,7 +87,7 @@ class ModelEntry:
             payload=ModelStatusPayload(
                 model_id=self.model_id,
                 name=self.source.name,
-                source=self.source.kind,  # type: ignore[arg-type]
+                source=self.source.kind if self.source.kind in BUILT_IN_KINDS else "custom",  # type: ignore[arg-type]
                 status=self.status,
                 message=self.message,
             ),
@@ -240,11 +242,12 @@ class Engine:
     def publish(self, event: Event) -> None:
         """Send an event of the embedding program's own to every subscribed client.
 
-        It goes out with the next frame, on the lossless queue, and is kept for clients that
-        resume (unless it is a frame event: those are state, sent at once and never kept).
+        It goes out with the next frame: on the lossless queue, and kept for clients that
+        resume; or, for an energy frame event, inside the next frame (renumbered), which a
+        newer frame may supersede like any other.
         """
         if isinstance(event, FrameEvent) and not isinstance(event, CouncilEvents):
-            self.publisher.publish_frame(self.clock.frame_number, [event])
+            self.decipher.report_frame_event(event)
         else:
             self.decipher.report(event)
 

@@ -99,6 +99,10 @@ class RunningServer:
         """``async with server.connect() as client``: a CheckedClient on /ws."""
         return _connect(self.ws_url, **kwargs)
 
+    def connect_url(self, url: str, **kwargs: Any) -> Any:
+        """Like :meth:`connect`, to another URL (``/ws?resume=1``, a proxy)."""
+        return _connect(url, **kwargs)
+
     def http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.url, timeout=5.0)
 

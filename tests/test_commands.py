@@ -166,3 +166,30 @@ def test_default_port_falls_back_to_8146_and_explicit_port_explains() -> None:
             assert fallback.getsockname()[1] == 8146
         with pytest.raises(SettingsError, match="--port"):
             bind_listener("127.0.0.1", 8145, explicit_port=True)
+
+
+async def test_wirthforge_watch_prints_a_summary() -> None:
+    port = free_port()
+    process = start([str(BIN / "wirthforge"), "serve", "--port", str(port)])
+    try:
+        await wait_healthy(port)
+        with trio.fail_after(30):
+            result = await trio.run_process(
+                [
+                    str(BIN / "wirthforge"),
+                    "watch",
+                    "--url",
+                    f"ws://127.0.0.1:{port}/ws",
+                    "--summary",
+                    "--seconds",
+                    "2.5",
+                ],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=15)
+    assert result.returncode == 0, result.stderr
+    assert b"frames/s" in result.stdout and b"state=connected" in result.stdout

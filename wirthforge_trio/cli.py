@@ -52,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
+    watch = commands.add_parser("watch", help="follow a running server's stream")
+    watch.add_argument("--url", default="ws://127.0.0.1:8145/ws", help="the server's WebSocket")
+    watch.add_argument("--summary", action="store_true", help="one line per second")
+    watch.add_argument("--seconds", type=float, help="stop after this many seconds")
+
     schema = commands.add_parser(
         "schema", help="write the JSON Schemas generated from the contract"
     )
@@ -69,6 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "watch":
+            from .watch import watch
+
+            return trio.run(partial(watch, args.url, summary=args.summary, seconds=args.seconds))
         return _schema(args)
     except SettingsError as exc:
         print(f"wirthforge: error: {exc}", file=sys.stderr)

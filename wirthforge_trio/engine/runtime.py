@@ -150,10 +150,6 @@ class Engine:
         self._last_tick_over_budget = False
         self._last_skipped = 0
 
-    @property
-    def model_names(self) -> dict[str, str]:
-        return {model_id: entry.source.name for model_id, entry in self.models.items()}
-
     # -- running --------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

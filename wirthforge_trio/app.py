@@ -388,6 +388,10 @@ def create_app(
                 "framesPublished": hub.frames_published,
                 "framesReplaced": hub.frames_replaced,
                 "framesSkipped": clock.skipped,
+                "clock": {
+                    "rate": clock.rate,
+                    "originMonotonicNs": clock.origin_monotonic_ns,
+                },
                 "overruns": engine.overruns,
                 "liveSessions": engine.decipher.live_sessions,
                 "analysesShed": engine.analyses_shed,

@@ -32,8 +32,9 @@ PYTHONS = ["3.11"] + (["3.13"] if _has_python("3.13") else [])
 
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
-    """The whole test suite (unit, end to end against a real Hypercorn server, commands)."""
-    session.install("-e", ".[test]")
+    """The whole test suite (unit, end to end against a real Hypercorn server, browser, commands,
+    the benchmark's mechanics)."""
+    session.install("-e", ".[test,bench]")
     session.run(
         "python",
         "-c",

@@ -51,6 +51,15 @@ WRONG_WORKER_MESSAGE: Final = (
     "`hypercorn -k trio wirthforge_trio.app:app` (or `wirthforge serve`)."
 )
 SHUTDOWN_CLOSE_TIMEOUT: Final = 1.0
+PAGE_SECURITY_HEADERS: Final = {
+    # The page loads and talks to this server only ('self' covers its ws:// too).
+    "Content-Security-Policy": (
+        "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
+        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 MAX_PROMPT_BODY: Final = 1024 * 1024
 
 
@@ -259,6 +268,19 @@ def create_app(
             }
             for model_id, entry in engine.models.items()
         ]
+
+    @app.get("/")
+    async def page() -> Any:
+        """The lifeline page; its scripts and the JS client are under /static/."""
+        response = await app.send_static_file("index.html")
+        response.headers.update(PAGE_SECURITY_HEADERS)
+        return response
+
+    @app.after_request
+    async def static_headers(response: Response) -> Response:
+        if request.path.startswith("/static/"):
+            response.headers.update(PAGE_SECURITY_HEADERS)
+        return response
 
     @app.websocket("/ws")
     async def ws() -> Any:

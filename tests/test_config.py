@@ -98,6 +98,20 @@ def test_explicit_overrides_win_over_the_environment() -> None:
         ),
         ({"WIRTHFORGE_PORT": "70000"}, "70000"),
         ({"WIRTHFORGE_PORT": "-1"}, "port"),
+        ({"WIRTHFORGE_TOKEN": "too-short"}, "WIRTHFORGE_TOKEN"),
+        ({"WIRTHFORGE_TOKEN": "has spaces in it, no good"}, "WIRTHFORGE_TOKEN"),
+        ({"WIRTHFORGE_MAX_MESSAGE_RATE": "0"}, "WIRTHFORGE_MAX_MESSAGE_RATE"),
+        ({"WIRTHFORGE_MAX_MESSAGE_RATE": "lots"}, "WIRTHFORGE_MAX_MESSAGE_RATE"),
+        ({"WIRTHFORGE_RATE_LIMIT_CLOSE_AFTER": "-1"}, "WIRTHFORGE_RATE_LIMIT_CLOSE_AFTER"),
+        ({"WIRTHFORGE_MAX_MESSAGE_BURST": "0"}, "WIRTHFORGE_MAX_MESSAGE_BURST"),
+        ({"WIRTHFORGE_MAX_CONNECTIONS": "0"}, "WIRTHFORGE_MAX_CONNECTIONS"),
+        (
+            {"WIRTHFORGE_MAX_CONNECTIONS_PER_ADDRESS": "0"},
+            "WIRTHFORGE_MAX_CONNECTIONS_PER_ADDRESS",
+        ),
+        ({"WIRTHFORGE_MAX_PROMPT_BYTES": "0"}, "WIRTHFORGE_MAX_PROMPT_BYTES"),
+        ({"WIRTHFORGE_MAX_SESSIONS": "none"}, "WIRTHFORGE_MAX_SESSIONS"),
+        ({"WIRTHFORGE_MAX_SESSIONS": "0"}, "WIRTHFORGE_MAX_SESSIONS"),
     ],
 )
 def test_bad_values_raise_a_settings_error_that_says_what_to_fix(
@@ -107,6 +121,56 @@ def test_bad_values_raise_a_settings_error_that_says_what_to_fix(
         Settings.from_env(env)
     assert mentions in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+def test_security_defaults() -> None:
+    settings = Settings()
+    assert settings.token is None
+    assert settings.max_message_rate == pytest.approx(100.0)
+    assert settings.max_message_burst == 200
+    assert settings.rate_limit_close_after == pytest.approx(5.0)
+    assert settings.max_connections == 1024
+    assert settings.max_connections_per_address == 32
+    assert settings.max_prompt_bytes == 32 * 1024
+    assert settings.max_sessions == 8
+    for variable in (
+        "WIRTHFORGE_TOKEN",
+        "WIRTHFORGE_MAX_MESSAGE_RATE",
+        "WIRTHFORGE_MAX_MESSAGE_BURST",
+        "WIRTHFORGE_RATE_LIMIT_CLOSE_AFTER",
+        "WIRTHFORGE_MAX_CONNECTIONS",
+        "WIRTHFORGE_MAX_CONNECTIONS_PER_ADDRESS",
+        "WIRTHFORGE_MAX_PROMPT_BYTES",
+        "WIRTHFORGE_MAX_SESSIONS",
+    ):
+        assert variable in ENVIRONMENT_VARIABLES
+
+
+def test_security_settings_from_the_environment() -> None:
+    token = "Zq3-x_Y9.a~b0123456789"
+    settings = Settings.from_env(
+        {
+            "WIRTHFORGE_TOKEN": f"  {token} ",
+            "WIRTHFORGE_MAX_MESSAGE_RATE": "20.5",
+            "WIRTHFORGE_MAX_MESSAGE_BURST": "40",
+            "WIRTHFORGE_RATE_LIMIT_CLOSE_AFTER": "2",
+            "WIRTHFORGE_MAX_CONNECTIONS": "10",
+            "WIRTHFORGE_MAX_CONNECTIONS_PER_ADDRESS": "3",
+            "WIRTHFORGE_MAX_PROMPT_BYTES": "1000",
+            "WIRTHFORGE_MAX_SESSIONS": "2",
+        }
+    )
+    assert settings.token == token
+    assert settings.max_message_rate == pytest.approx(20.5)
+    assert settings.max_message_burst == 40
+    assert settings.rate_limit_close_after == pytest.approx(2.0)
+    assert (settings.max_connections, settings.max_connections_per_address) == (10, 3)
+    assert (settings.max_prompt_bytes, settings.max_sessions) == (1000, 2)
+    # The token is a secret: not in the settings' repr, nor in the message refusing it.
+    assert token not in repr(settings)
+    with pytest.raises(SettingsError) as info:
+        Settings(token="short secret")
+    assert "short secret" not in str(info.value)
 
 
 def test_non_integer_port_message_says_an_integer_is_expected() -> None:

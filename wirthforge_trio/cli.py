@@ -25,7 +25,15 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the server (default ws://127.0.0.1:8145/ws)")
-    serve.add_argument("--host", help="address to bind (default 127.0.0.1, loopback only)")
+    serve.add_argument(
+        "--host",
+        help="address to bind (default 127.0.0.1, loopback only; any other needs a token)",
+    )
+    serve.add_argument(
+        "--token",
+        help="access token every client must send (required off loopback); prefer "
+        "WIRTHFORGE_TOKEN, since other local users can read a command line",
+    )
     serve.add_argument(
         "--port", type=int, help=f"port (default {DEFAULT_PORT}, or 8146 when it is taken)"
     )
@@ -86,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from .app import create_app
+    from .security import check_exposure
     from .server import serve, wait_for_signal
 
     settings = Settings.from_env(
@@ -97,7 +106,9 @@ def _serve(args: argparse.Namespace) -> int:
         ollama_url=args.ollama_url,
         openai_url=args.openai_url,
         preload=args.preload,
+        token=args.token,
     )
+    check_exposure(settings)
     explicit_port = args.port is not None or settings.port != DEFAULT_PORT
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
     app = create_app(settings)
@@ -118,6 +129,13 @@ def _serve(args: argparse.Namespace) -> int:
                 "Ctrl+C to stop)",
                 flush=True,
             )
+            if settings.token is not None:
+                print(
+                    "access token required: browsers open the page as "
+                    f"{server.url}/#token=<token>, other clients send "
+                    "'Authorization: Bearer <token>'",
+                    flush=True,
+                )
 
     trio.run(main_task)
     return 0

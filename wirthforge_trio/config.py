@@ -8,6 +8,7 @@ wirthforge_trio.app:app`` is as configurable as ``wirthforge serve``. A bad valu
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -21,6 +22,9 @@ DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8145
 FALLBACK_PORT: Final = 8146
 TIERS: Final = ("Low-Tier", "Mid-Tier", "High-Tier")
+MIN_TOKEN_LENGTH: Final = 16
+TOKEN_PATTERN: Final = re.compile(rf"[A-Za-z0-9._~-]{{{MIN_TOKEN_LENGTH},}}")
+"""Characters valid in a URL fragment and in a ``Sec-WebSocket-Protocol`` value alike."""
 
 
 class SettingsError(ValueError):
@@ -59,6 +63,29 @@ class Settings:
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 10.0
     max_message_bytes: int = 64 * 1024
+    max_backlog_bytes: int = 1024 * 1024
+    """Lossless messages one client may leave unread; past it the client is closed (4413)
+    and catches up by resuming."""
+    send_timeout: float = 10.0
+    """Seconds a client's socket may accept no data before the kernel cuts it off
+    (TCP_USER_TIMEOUT on the sockets ``wirthforge serve`` listens on)."""
+    token: str | None = attrs.field(default=None, repr=False)
+    """Access token every request must carry (``Authorization: Bearer``, or the WebSocket
+    subprotocol ``wirthforge.token.<token>``); required to listen beyond loopback."""
+    max_message_rate: float = 100.0
+    """Client messages per second per connection, sustained; over it they are dropped."""
+    max_message_burst: int = 200
+    """Client messages a connection may send at once above the sustained rate."""
+    rate_limit_close_after: float = 5.0
+    """Seconds a connection may stay over the message rate before it is closed (1008)."""
+    max_connections: int = 1024
+    """Open WebSocket connections in total; more are refused at the handshake (HTTP 503)."""
+    max_connections_per_address: int = 32
+    """Open WebSocket connections per remote address, loopback exempt (HTTP 503)."""
+    max_prompt_bytes: int = 32 * 1024
+    """Largest ``POST /prompt`` prompt, in UTF-8 bytes (HTTP 413)."""
+    max_sessions: int = 8
+    """Generations running at once; a prompt that would exceed it gets HTTP 429."""
     profile: str = "default"
     demo_seed: int = 0
     demo_speed: float = 1.0
@@ -85,6 +112,7 @@ class Settings:
             "model_check_interval",
             "retention_seconds",
             "resume_wait",
+            "send_timeout",
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(
@@ -103,8 +131,28 @@ class Settings:
             )
         if self.retention_sessions < 0 or self.retention_events < 0:
             raise SettingsError("retention counts must be 0 or more")
+        if self.max_backlog_bytes < 1024:
+            raise SettingsError("max backlog must be at least 1024 bytes")
         if self.max_message_bytes < 256:
             raise SettingsError("max message size must be at least 256 bytes")
+        if self.token is not None:
+            check_token(self.token)
+        if self.max_message_rate <= 0 or self.rate_limit_close_after <= 0:
+            raise SettingsError(
+                "max message rate and rate limit close-after must be positive numbers "
+                "(WIRTHFORGE_MAX_MESSAGE_RATE, WIRTHFORGE_RATE_LIMIT_CLOSE_AFTER)"
+            )
+        for name in (
+            "max_message_burst",
+            "max_connections",
+            "max_connections_per_address",
+            "max_prompt_bytes",
+            "max_sessions",
+        ):
+            if getattr(self, name) < 1:
+                raise SettingsError(
+                    f"{name.replace('_', ' ')} must be at least 1 (WIRTHFORGE_{name.upper()})"
+                )
         if not 0 <= self.port < 65536:
             raise SettingsError(f"port {self.port} is not between 0 (any free port) and 65535")
         if self.demo_speed <= 0:
@@ -123,6 +171,19 @@ class Settings:
             values[field.name] = _parse(variable, raw.strip(), field.default)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def check_token(token: str) -> None:
+    """Refuse a token that is short or holds characters a WebSocket subprotocol cannot carry.
+
+    The message never repeats the token (it could end up in a log).
+    """
+    if not TOKEN_PATTERN.fullmatch(token):
+        raise SettingsError(
+            f"the access token (--token / WIRTHFORGE_TOKEN) must be at least {MIN_TOKEN_LENGTH} "
+            "characters of A-Z a-z 0-9 - _ . ~ (e.g. the output of "
+            "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+        )
 
 
 def _parse(variable: str, raw: str, default: Any) -> Any:

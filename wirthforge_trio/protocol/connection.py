@@ -33,6 +33,7 @@ from ..contract.events import (
     SubscriptionsPayload,
     Unsubscribe,
 )
+from .limits import MessageRateLimiter, RateLimit, Verdict
 
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_POLICY: Final = 1008
@@ -113,6 +114,7 @@ class ConnectionProtocol:
         heartbeat_timeout: float,
         rtt_samples: int = 32,
         expect_resume: bool = False,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         self.connection_id = connection_id
         self.max_message_bytes = max_message_bytes
@@ -128,6 +130,7 @@ class ConnectionProtocol:
         self._rtts: deque[float] = deque(maxlen=rtt_samples)
         self._last_response: float | None = None
         self.closed: Close | None = None
+        self.rate_limiter = MessageRateLimiter(rate_limit) if rate_limit is not None else None
 
     # -- heartbeats ---------------------------------------------------------------------------
 
@@ -175,6 +178,10 @@ class ConnectionProtocol:
         """Everything the server does in answer to one client message."""
         if self.closed is not None:
             return []
+        if self.rate_limiter is not None:
+            verdict = self.rate_limiter.check(now)
+            if verdict is not Verdict.PASS:
+                return self._over_rate(verdict, wall_ms)
         size = len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "replace"))
         if size > self.max_message_bytes:
             self.closed = Close(CLOSE_TOO_BIG, "message too big")
@@ -199,6 +206,35 @@ class ConnectionProtocol:
         if isinstance(message, Resume):
             return self._resume(message, wall_ms)
         return self.join() + self._handle(message, now, wall_ms)
+
+    def _over_rate(self, verdict: Verdict, wall_ms: int) -> list[Action]:
+        """A message over the rate limit is dropped unread: said once, then 1008 if it lasts."""
+        assert self.rate_limiter is not None
+        limit = self.rate_limiter.limit
+        details = {
+            "rate": limit.rate,
+            "burst": limit.burst,
+            "closeAfterSeconds": limit.close_after,
+            "dropped": self.rate_limiter.dropped,
+        }
+        if verdict is Verdict.WARN:
+            message = (
+                f"over this server's limit of {limit.rate:g} messages/s (bursts of "
+                f"{limit.burst}): messages are dropped unanswered until the rate falls; "
+                f"{limit.close_after:g} s over it closes the connection (1008)"
+            )
+            return [Reply(error_event("RATE_LIMITED", message, timestamp=wall_ms, details=details))]
+        if verdict is Verdict.DROP:
+            return []
+        self.closed = Close(CLOSE_POLICY, "message rate limit exceeded")
+        message = (
+            f"over the limit of {limit.rate:g} messages/s for {limit.close_after:g} s; "
+            "the connection is closed (1008)"
+        )
+        error = error_event(
+            "RATE_LIMIT_EXCEEDED", message, timestamp=wall_ms, severity="error", details=details
+        )
+        return [Reply(error), self.closed]
 
     def join(self) -> list[Action]:
         """The live stream starts now, without a resume (also when the wait for one expires)."""

@@ -16,7 +16,13 @@ const STATE_LABELS = {
 const $ = (id) => document.getElementById(id);
 const reducedMotion = matchMedia("(prefers-reduced-motion: reduce)");
 
-const client = new WirthforgeClient();
+// A server with an access token is opened with "#token=..." after the page's address: the
+// fragment never reaches the server or its logs. The token goes as the WebSocket subprotocol
+// and as a Bearer header.
+const token = new URLSearchParams(location.hash.slice(1)).get("token") || undefined;
+const auth = token ? { Authorization: `Bearer ${token}` } : {};
+
+const client = new WirthforgeClient({ token });
 
 // What the page measures; exposed (read-only use) for tests and the curious.
 const stats = {
@@ -338,7 +344,7 @@ function showError(severity, code, message) {
 async function refreshModels() {
   let body;
   try {
-    const response = await fetch("/models");
+    const response = await fetch("/models", { headers: auth });
     body = await response.json();
   } catch {
     return;
@@ -376,7 +382,7 @@ $("prompt-form").addEventListener("submit", async (event) => {
   try {
     const response = await fetch("/prompt", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: { "Content-Type": "application/json", ...auth },
       body: JSON.stringify(chosen.length ? { prompt, models: chosen } : { prompt }),
     });
     const body = await response.json().catch(() => ({}));
@@ -406,7 +412,10 @@ $("cancel").addEventListener("click", async () => {
   if (!currentRun) return;
   for (const sessionId of currentRun.sessions) {
     if (sessionViews.get(sessionId)?.complete) continue;
-    const response = await fetch(`/prompt/${encodeURIComponent(sessionId)}`, { method: "DELETE" });
+    const response = await fetch(`/prompt/${encodeURIComponent(sessionId)}`, {
+      method: "DELETE",
+      headers: auth,
+    });
     if (response.status !== 202 && response.status !== 409) {
       const body = await response.json().catch(() => ({}));
       showError("error", `HTTP ${response.status}`, body.error ?? response.statusText);

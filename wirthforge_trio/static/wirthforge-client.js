@@ -39,6 +39,10 @@ const DEFAULT_CHANNELS = new Set(CHANNELS);
 
 export const CLOSE_NORMAL = 1000;
 const CLOSE_ABNORMAL = 1006;
+// Subprotocols offered with a token; the server selects the first, so the token is not
+// echoed back.
+const PROTOCOL = "wirthforge.v1";
+const TOKEN_PROTOCOL_PREFIX = "wirthforge.token.";
 
 /** Full-jitter exponential backoff: attempt n waits a uniform time in [0, min(cap, base*2^n)]. */
 export class Backoff {
@@ -100,9 +104,12 @@ export class WirthforgeClient extends EventTarget {
    * @param {number} [options.watchdogMs] silence that counts as a dead server
    * @param {number} [options.pingIntervalMs] round-trip probes (0: none)
    * @param {Backoff} [options.backoff]
+   * @param {string} [options.token] the server's access token, if it has one (sent as the
+   *   WebSocket subprotocol `wirthforge.token.<token>`, never in the URL)
    */
   constructor({
     url = undefined,
+    token = undefined,
     resume = true,
     watchdogMs = 2000,
     pingIntervalMs = 1000,
@@ -112,6 +119,7 @@ export class WirthforgeClient extends EventTarget {
   } = {}) {
     super();
     this.url = url ?? defaultUrl();
+    this.token = token || null;
     this.resume = resume;
     this.watchdogMs = watchdogMs;
     this.pingIntervalMs = pingIntervalMs;
@@ -248,7 +256,9 @@ export class WirthforgeClient extends EventTarget {
     const url = this.resume ? withResume(this.url) : this.url;
     let ws;
     try {
-      ws = new this.WebSocketImpl(url);
+      ws = this.token
+        ? new this.WebSocketImpl(url, [PROTOCOL, `${TOKEN_PROTOCOL_PREFIX}${this.token}`])
+        : new this.WebSocketImpl(url);
     } catch (error) {
       this._lost(CLOSE_ABNORMAL, String(error));
       return;

@@ -21,6 +21,7 @@ import sniffio
 import trio
 from quart import Response, jsonify, request, websocket
 from quart_trio import QuartTrio
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import __version__
 from .config import Settings, SettingsError, detect_tier
@@ -36,11 +37,22 @@ from .contract.events import (
 from .engine.decipher import Retention
 from .engine.energy import PROFILES
 from .engine.recovery import wants_for
-from .engine.runtime import Engine, UnknownModelError, UnknownSessionError
+from .engine.runtime import Engine, UnknownSessionError
 from .protocol.connection import CLOSE_GOING_AWAY, ConnectionProtocol
+from .protocol.limits import RateLimit
 from .protocol.origin import origin_allowed
+from .security import (
+    RETRY_AFTER_SECONDS,
+    AccessPolicy,
+    ConnectionLimiter,
+    LogThrottle,
+    Refusal,
+    Slot,
+    select_subprotocol,
+)
 from .sources import make_source
 from .sources.base import ModelSource
+from .transport.asgi import LeanASGIWebsocketConnection, LeanWebsocket
 from .transport.connection import Connection
 from .transport.hub import Hub
 
@@ -61,6 +73,7 @@ PAGE_SECURITY_HEADERS: Final = {
     "Referrer-Policy": "no-referrer",
 }
 MAX_PROMPT_BODY: Final = 1024 * 1024
+"""Cap of a request body, raised for a larger WIRTHFORGE_MAX_PROMPT_BYTES (JSON may escape)."""
 
 
 @attrs.define
@@ -71,12 +84,18 @@ class ServerState:
     tier: Tier
     hub: Hub
     engine: Engine
+    access: AccessPolicy
+    limiter: ConnectionLimiter
     started_at: float = attrs.field(factory=time.monotonic)
     startup_capabilities: tuple[Capability, ...] = ("visualization",)
 
 
 class WirthforgeApp(QuartTrio):
-    """QuartTrio that explains itself when started on an asyncio server instead of crashing."""
+    """QuartTrio that explains itself when started on an asyncio server instead of crashing,
+    with a lean WebSocket send path (:mod:`wirthforge_trio.transport.asgi`)."""
+
+    websocket_class = LeanWebsocket
+    asgi_websocket_class = LeanASGIWebsocketConnection
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -160,11 +179,28 @@ def _configure_logging(level: str) -> None:
     log.setLevel(level.upper())
 
 
-def _error(status: int, message: str, field: str | None = None) -> tuple[Response, int]:
+def _socket_addresses(scope: Any) -> tuple[tuple[str, int], tuple[str, int]] | None:
+    """(server, client) addresses of a connection's socket, when the ASGI server gives both."""
+    server, client = scope.get("server"), scope.get("client")
+    if server and client and len(server) == 2 and len(client) == 2:
+        return (str(server[0]), int(server[1])), (str(client[0]), int(client[1]))
+    return None
+
+
+def _error(
+    status: int,
+    message: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[Response, int, dict[str, str]]:
     body: dict[str, Any] = {"error": message}
     if field is not None:
         body["field"] = field
-    return jsonify(body), status
+    return jsonify(body), status, headers or {}
+
+
+def _refuse(refusal: Refusal) -> tuple[Response, int, dict[str, str]]:
+    return _error(refusal.status, refusal.message, headers=dict(refusal.headers))
 
 
 def create_app(
@@ -178,7 +214,8 @@ def create_app(
     settings = settings if settings is not None else Settings.from_env()
     _configure_logging(settings.log_level)
     app = WirthforgeApp(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_PROMPT_BODY
+    body_cap = max(MAX_PROMPT_BODY, 6 * settings.max_prompt_bytes + 4096)
+    app.config["MAX_CONTENT_LENGTH"] = body_cap
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 0
     hub = Hub()
     engine = Engine(
@@ -203,9 +240,23 @@ def create_app(
         tier=settings.tier or detect_tier(),
         hub=hub,
         engine=engine,
+        access=AccessPolicy(settings.token),
+        limiter=ConnectionLimiter(settings.max_connections, settings.max_connections_per_address),
         startup_capabilities=capabilities,
     )
     app.extensions["wirthforge"] = state
+    access, limiter = state.access, state.limiter
+    rate_limit = RateLimit(
+        settings.max_message_rate, settings.max_message_burst, settings.rate_limit_close_after
+    )
+    throttle = LogThrottle()
+
+    def log_refusal(refusal: Refusal, remote: str | None, what: str) -> None:
+        """One line per kind of refusal per 10 s; the token itself is never logged."""
+        quiet = throttle.allow(refusal.reason, time.monotonic())
+        if quiet is not None:
+            more = f" ({quiet} more since the last)" if quiet else ""
+            log.warning("refused %s from %s: %s%s", what, remote, refusal.reason, more)
 
     @app.before_serving
     async def start_engine() -> None:
@@ -223,6 +274,7 @@ def create_app(
     async def stop_engine() -> None:
         with trio.move_on_after(SHUTDOWN_CLOSE_TIMEOUT):
             await hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
+        hub.abort_remaining()
         engine.stop()
 
     def join(connection: Connection, resume: ResumePayload | None) -> None:
@@ -230,13 +282,15 @@ def create_app(
         between), so every event is either in the catch-up or live, never both or neither."""
         if resume is not None:
             protocol = connection.protocol
-            for event in engine.catch_up(
-                resume,
-                wants=wants_for(protocol.wants, protocol.wants_models),
-                channels=protocol.channels,
-                subscribed_models=protocol.subscribed_models,
-            ):
-                connection.mailbox.put(encode(event))
+            connection.queue_catch_up(
+                encode(event)
+                for event in engine.catch_up(
+                    resume,
+                    wants=wants_for(protocol.wants, protocol.wants_models),
+                    channels=protocol.channels,
+                    subscribed_models=protocol.subscribed_models,
+                )
+            )
         hub.add(connection)
 
     def resolve_model(name: str) -> str:
@@ -282,8 +336,48 @@ def create_app(
             response.headers.update(PAGE_SECURITY_HEADERS)
         return response
 
+    def http_refusal() -> Refusal | None:
+        # The page and its files need no token: they reveal nothing private, and the page
+        # must load before its script can read the token from the URL's #fragment.
+        path = request.path
+        return access.check(
+            authorization=request.headers.get("Authorization"),
+            query=request.args.keys(),
+            server=request.scope.get("server"),
+            token_needed=not (path == "/" or path.startswith("/static/")),
+        )
+
+    @app.before_request
+    async def check_access() -> Any:
+        """The access rules, for every HTTP route but /health (which answers on its own)."""
+        if request.path == "/health":
+            return None
+        refusal = http_refusal()
+        if refusal is None:
+            return None
+        log_refusal(refusal, request.remote_addr, f"{request.method} {request.path}")
+        return _refuse(refusal)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    async def too_large(_: RequestEntityTooLarge) -> Any:
+        return _error(
+            413,
+            f"the request body is over {body_cap} bytes; a prompt may have up to "
+            f"{settings.max_prompt_bytes} bytes (WIRTHFORGE_MAX_PROMPT_BYTES)",
+        )
+
     @app.websocket("/ws")
     async def ws() -> Any:
+        remote = websocket.remote_addr
+        refusal = access.check(
+            authorization=websocket.headers.get("Authorization"),
+            query=websocket.args.keys(),
+            server=websocket.scope.get("server"),
+            subprotocols=websocket.requested_subprotocols,
+        )
+        if refusal is not None:
+            log_refusal(refusal, remote, "a WebSocket handshake")
+            return _refuse(refusal)
         origin = websocket.headers.get("Origin")
         if not origin_allowed(origin, websocket.headers.get("Host"), settings.allowed_origins):
             log.warning(
@@ -294,7 +388,15 @@ def create_app(
                 f"origin {origin!r} may not open this WebSocket; allow it with "
                 "WIRTHFORGE_ALLOWED_ORIGINS",
             )
-        await websocket.accept()
+        slot = limiter.acquire(remote)
+        if not isinstance(slot, Slot):
+            log_refusal(slot, remote, "a WebSocket handshake")
+            return _refuse(slot)
+        try:
+            await websocket.accept(subprotocol=select_subprotocol(websocket.requested_subprotocols))
+        except BaseException:
+            slot.release()
+            raise
         connection = Connection(
             websocket._get_current_object(),  # type: ignore[attr-defined]
             ConnectionProtocol(
@@ -302,13 +404,16 @@ def create_app(
                 max_message_bytes=settings.max_message_bytes,
                 heartbeat_timeout=settings.heartbeat_timeout,
                 expect_resume=websocket.args.get("resume") in ("1", "true"),
+                rate_limit=rate_limit,
             ),
             remote=websocket.remote_addr or "unknown",
+            addresses=_socket_addresses(websocket.scope),
             heartbeat_interval=settings.heartbeat_interval,
             frame_rate=lambda: engine.clock.measured_rate,
             current_state=current_state,
             on_join=join,
             resume_wait=settings.resume_wait,
+            max_backlog_bytes=settings.max_backlog_bytes,
         )
         startup = StartupComplete(
             timestamp=time.time_ns() // 1_000_000,
@@ -328,6 +433,7 @@ def create_app(
             # Cancelled by the server (shutdown) rather than closed: still say goodbye (1001).
             await connection.close_on_cancel()
             hub.remove(connection)
+            slot.release()
             log.info(
                 "connection %s closed (code %s, %d open)",
                 connection.id,
@@ -335,6 +441,26 @@ def create_app(
                 len(hub),
             )
         return None
+
+    def session_limit(new: int) -> tuple[Response, int, dict[str, str]] | None:
+        """A prompt may not take the generations running at once over WIRTHFORGE_MAX_SESSIONS."""
+        limit, live = settings.max_sessions, engine.decipher.live_sessions
+        if new > limit:
+            return _error(
+                422,
+                f"this prompt asks for {new} models, more than the {limit} sessions this "
+                "server runs at once (WIRTHFORGE_MAX_SESSIONS)",
+                "models",
+            )
+        if live + new <= limit:
+            return None
+        return _error(
+            429,
+            f"{live} session(s) are running and this prompt would start {new}, over this "
+            f"server's limit of {limit} at once (WIRTHFORGE_MAX_SESSIONS); wait for one to "
+            "complete or cancel one",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
 
     @app.post("/prompt")
     async def prompt() -> Any:
@@ -349,20 +475,32 @@ def create_app(
         text = body.get("prompt")
         if not isinstance(text, str) or not text.strip():
             return _error(422, "'prompt' must be a non-empty string", "prompt")
+        size = len(text.encode("utf-8", "replace"))
+        if size > settings.max_prompt_bytes:
+            return _error(
+                413,
+                f"the prompt has {size} bytes (UTF-8), over this server's limit of "
+                f"{settings.max_prompt_bytes} (WIRTHFORGE_MAX_PROMPT_BYTES)",
+                "prompt",
+            )
         models = body.get("models")
         if models is not None and (
             not isinstance(models, list) or not all(isinstance(m, str) for m in models)
         ):
             return _error(422, "'models' must be a list of model ids", "models")
         wanted = [resolve_model(m) for m in models] if models else None
-        try:
-            sessions = engine.submit(text, wanted)
-        except UnknownModelError as exc:
+        unknown = [m for m in dict.fromkeys(wanted or ()) if m not in engine.models]
+        if unknown:
             return _error(
                 422,
-                f"unknown model(s) {exc}; this server runs: {', '.join(engine.models)}",
+                f"unknown model(s) {', '.join(unknown)}; this server runs: "
+                f"{', '.join(engine.models)}",
                 "models",
             )
+        busy = session_limit(len(set(wanted)) if wanted else 1)
+        if busy is not None:
+            return busy
+        sessions = engine.submit(text, wanted)
         log.info(
             "prompt accepted: %d session(s) %s", len(sessions), ", ".join(s.id for s in sessions)
         )
@@ -387,9 +525,12 @@ def create_app(
     @app.get("/health")
     async def health() -> Any:
         statuses = {model_id: entry.status for model_id, entry in engine.models.items()}
+        overall = "ok" if all(v == "ready" for v in statuses.values()) else "degraded"
+        if http_refusal() is not None:
+            return jsonify({"status": overall})  # without the access token: nothing more
         return jsonify(
             {
-                "status": "ok" if all(v == "ready" for v in statuses.values()) else "degraded",
+                "status": overall,
                 "version": __version__,
                 "uptimeSeconds": round(time.monotonic() - state.started_at, 3),
                 "models": statuses,
@@ -424,6 +565,8 @@ def create_app(
                         "connectedSeconds": round(now - c.opened_at, 3),
                         "framesReplaced": c.mailbox.frames_replaced,
                         "queued": c.mailbox.queued,
+                        "queuedBytes": c.mailbox.queued_bytes,
+                        "tooSlow": c.too_slow,
                         "heartbeatRoundTrip": c.protocol.rtt_summary(),
                     }
                     for c in hub

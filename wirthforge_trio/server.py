@@ -40,14 +40,24 @@ SHUTDOWN_DEADLINE = 5.0
 """Seconds Hypercorn gets to finish after the clients were told to go (then it is cancelled)."""
 
 
-def bind_listener(host: str, port: int, *, explicit_port: bool) -> socket.socket:
-    """A bound TCP socket; the default port falls back to 8146 when it is taken."""
+def bind_listener(
+    host: str, port: int, *, explicit_port: bool, send_timeout: float | None = None
+) -> socket.socket:
+    """A bound TCP socket; the default port falls back to 8146 when it is taken.
+
+    ``send_timeout`` sets TCP_USER_TIMEOUT, which the accepted sockets inherit: the kernel
+    aborts a connection whose peer accepts no data for that long (a frozen or vanished
+    client with a full receive window). Hypercorn's sends are shielded from cancellation, so
+    without it a writer blocked on such a peer would wait forever.
+    """
     candidates = [port] if explicit_port or port != DEFAULT_PORT else [DEFAULT_PORT, FALLBACK_PORT]
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     last_error: OSError | None = None
     for candidate in candidates:
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if send_timeout is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(send_timeout * 1000))
         try:
             sock.bind((host.strip("[]"), candidate))
         except OSError as exc:
@@ -152,7 +162,12 @@ async def serve(
     """
     settings = settings if settings is not None else Settings()
     app = app if app is not None else create_app(settings, extra_sources=sources)
-    sock = bind_listener(settings.host, settings.port, explicit_port=explicit_port)
+    sock = bind_listener(
+        settings.host,
+        settings.port,
+        explicit_port=explicit_port,
+        send_timeout=settings.send_timeout,
+    )
     host, port = sock.getsockname()[:2]
     config = hypercorn_config(sock, settings)
     hub = app.wirthforge.hub
@@ -175,5 +190,6 @@ async def serve(
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(SHUTDOWN_CLOSE_TIMEOUT):
                     await hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
+                hub.abort_remaining()  # clients that could not take their close frame
                 stop.set()
                 server_scope.deadline = trio.current_time() + SHUTDOWN_DEADLINE

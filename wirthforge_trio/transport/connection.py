@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterable, Sequence
+from typing import Final, Protocol
 
 import trio
 
@@ -37,13 +37,17 @@ log = logging.getLogger("wirthforge_trio.transport")
 WARNING_INTERVAL = 5.0
 """Seconds between two over-budget warnings of one connection (a slow client is one story)."""
 
+CLOSE_SLOW_CONSUMER: Final = 4413
+"""Close code for a client that left more than its backlog limit of lossless messages unread
+(modelled on HTTP 413). Nothing is lost: the client reconnects with resume and catches up."""
+
 
 class WebSocketPort(Protocol):
     """The three operations the transport needs from a WebSocket (Quart's object has them)."""
 
     async def send(self, data: str) -> None: ...
 
-    async def receive(self) -> str | bytes: ...
+    async def receive(self) -> str | bytes | None: ...
 
     async def close(self, code: int, reason: str = "") -> None: ...
 
@@ -67,6 +71,8 @@ class Connection:
         current_state: Callable[[str], Sequence[Event]] = lambda topic: (),
         on_join: Callable[[Connection, ResumePayload | None], None] = lambda c, r: None,
         resume_wait: float = 2.0,
+        max_backlog_bytes: int = 1024 * 1024,
+        addresses: tuple[tuple[str, int], tuple[str, int]] | None = None,
     ) -> None:
         self.websocket = websocket
         self.protocol = protocol
@@ -77,6 +83,11 @@ class Connection:
         self._current_state = current_state
         self._on_join = on_join
         self.resume_wait = resume_wait
+        self.max_backlog_bytes = max_backlog_bytes
+        self.addresses = addresses
+        """(server, client) socket addresses: how a stuck connection is found at shutdown."""
+        self.too_slow = False
+        self._catch_up_bytes = 0
         self._closing: Close | None = None
         self._nursery: trio.Nursery | None = None
         self._last_warning = -math.inf
@@ -91,12 +102,61 @@ class Connection:
 
     def deliver(self, topic: str, text: str, event: Event) -> None:
         """Queue a lossless message if the client is subscribed to its topic and models."""
-        if not (self.protocol.wants(topic) and self.protocol.wants_models(models_of(event))):
+        if self.too_slow or not (
+            self.protocol.wants(topic) and self.protocol.wants_models(models_of(event))
+        ):
+            return
+        if self._over_backlog():
             return
         if isinstance(event, TokenStream):
             self.mailbox.put_tokens(event, text)
         else:
             self.mailbox.put(text)
+
+    def _reply(self, text: str) -> None:
+        """Queue an answer to the client (it counts against the backlog like any event)."""
+        if not self.too_slow and not self._over_backlog():
+            self.mailbox.put(text)
+
+    def queue_catch_up(self, texts: Iterable[str]) -> None:
+        """Queue a resuming client's catch-up. It may be larger than the backlog limit (it is
+        what the client came back for), so it is allowed on top of it until sent."""
+        for text in texts:
+            self.mailbox.put(text)
+            self._catch_up_bytes += len(text)
+
+    def _over_backlog(self) -> bool:
+        """Whether what already waits unread is over the limit (then close as too slow). A
+        single large message is fine; the queue is bounded by the limit plus one message."""
+        if self.mailbox.queued_bytes <= self.max_backlog_bytes + self._catch_up_bytes:
+            return False
+        self._close_too_slow()
+        return True
+
+    def _close_too_slow(self) -> None:
+        """Drop the unread backlog and close: the client resumes and gets it back exactly."""
+        self.too_slow = True
+        backlog = self.mailbox.queued_bytes
+        self.mailbox.drop_lossless()
+        log.warning(
+            "connection %s left %d bytes unread (limit %d): closing with %d; it can resume",
+            self.id,
+            backlog,
+            self.max_backlog_bytes,
+            CLOSE_SLOW_CONSUMER,
+        )
+        self.mailbox.put(
+            encode(
+                error_event(
+                    "SLOW_CONSUMER",
+                    f"more than {self.max_backlog_bytes} bytes of events were left unread; "
+                    "reconnect with /ws?resume=1 to catch up without loss",
+                    timestamp=wall_ms(),
+                    severity="error",
+                )
+            )
+        )
+        self.request_close(CLOSE_SLOW_CONSUMER, "too slow: unread backlog over the limit")
 
     def request_close(self, code: int, reason: str) -> None:
         """Close after what is already queued has been sent."""
@@ -171,9 +231,11 @@ class Connection:
         while protocol.closed is None:  # after a Close, the writer ends the connection
             self._handle(await self.websocket.receive(), watchdog)
 
-    def _handle(self, data: str | bytes, watchdog: trio.CancelScope) -> None:
+    def _handle(self, data: str | bytes | None, watchdog: trio.CancelScope) -> None:
         """Apply the protocol's answer to one client message; push the liveness deadline."""
         protocol = self.protocol
+        if data is None:  # Quart's reading of an empty binary frame
+            data = b""
         actions = protocol.receive(data, trio.current_time(), wall_ms())
         deadline = protocol.liveness_deadline
         watchdog.deadline = math.inf if deadline is None else deadline
@@ -182,10 +244,10 @@ class Connection:
 
     def _apply(self, action: Action) -> None:
         if isinstance(action, Reply):
-            self.mailbox.put(encode(action.event))
+            self._reply(encode(action.event))
         elif isinstance(action, CatchUp):
             for event in self._current_state(action.topic):
-                self.mailbox.put(encode(event))
+                self._reply(encode(event))
         elif isinstance(action, Join):
             self.join(action.resume)
         else:
@@ -196,17 +258,23 @@ class Connection:
         wants, wants_models = self.protocol.wants, self.protocol.wants_models
         while True:
             await mailbox.wait()
-            while (text := mailbox.take_lossless()) is not None:
-                await self._send(text)
-            if self._closing is not None:
-                self.close_code = self._closing.code
-                await self.websocket.close(self._closing.code, self._closing.reason)
-                assert self._nursery is not None
-                self._nursery.cancel_scope.cancel()
-                return
-            heartbeat = mailbox.take_heartbeat()
-            if heartbeat is not None:
+            while True:
+                while (text := mailbox.take_lossless()) is not None:
+                    await self._send(text)
+                self._catch_up_bytes = 0  # all sent: the plain limit applies again
+                if self._closing is not None:
+                    self.close_code = self._closing.code
+                    await self.websocket.close(self._closing.code, self._closing.reason)
+                    assert self._nursery is not None
+                    self._nursery.cancel_scope.cancel()
+                    return
+                heartbeat = mailbox.take_heartbeat()
+                if heartbeat is None:
+                    break
                 await self._send(heartbeat)
+            # No await since the lossless queue was last empty: a frame never overtakes a
+            # lossless event queued before it (frame numbers never go backwards, and a
+            # resume's snapshot and catch-up always come before the first live frame).
             frame = mailbox.take_frame()
             if frame is not None:
                 for channel, models, text in frame.messages:

@@ -13,6 +13,7 @@ import trio
 
 from ..contract.codec import encode
 from ..contract.events import Event, FrameEvent, models_of, topic_of
+from .abort import shutdown_sockets
 from .connection import Connection
 from .mailbox import Frame
 
@@ -68,6 +69,11 @@ class Hub:
         """Frames superseded in a slot before their writer took them, closed connections too."""
         open_now = sum(c.mailbox.frames_replaced for c in self._connections.values())
         return self._replaced_by_closed + open_now
+
+    def abort_remaining(self) -> int:
+        """Shut down the sockets of connections still open (writers stuck on peers that do
+        not read, which no close frame can reach); how many were found."""
+        return shutdown_sockets(c.addresses for c in self._connections.values() if c.addresses)
 
     async def close_all(self, code: int, reason: str) -> None:
         """Ask every connection to close with ``code`` and wait until they have (callers bound

@@ -35,8 +35,11 @@ class _TokenBatch:
 
     event: TokenStream
     text: str | None
+    size: int
+    """Bytes counted against the backlog: the texts of every batch merged in."""
 
-    def merge(self, later: TokenStream) -> None:
+    def merge(self, later: TokenStream, text: str) -> None:
+        self.size += len(text)
         old, new = self.event.payload, later.payload
         cost = None
         if old.energy_cost is not None or new.energy_cost is not None:
@@ -77,6 +80,8 @@ class Mailbox:
         self.frames_offered = 0
         self.frames_replaced = 0
         self.batches_merged = 0
+        self.queued_bytes = 0
+        """Size of the lossless messages waiting (as encoded when queued)."""
 
     # -- producers (never block) --------------------------------------------------------------
 
@@ -95,17 +100,19 @@ class Mailbox:
         """Queue a lossless message. It also seals waiting token batches, keeping order."""
         self._open_batches.clear()
         self._queue.append(text)
+        self.queued_bytes += len(text)
         self.wake()
 
     def put_tokens(self, event: TokenStream, text: str) -> None:
         """Queue a token batch, merged into its session's batch if that one is still waiting."""
         session = event.payload.session_id
         waiting = self._open_batches.get(session)
+        self.queued_bytes += len(text)
         if waiting is not None:
-            waiting.merge(event)
+            waiting.merge(event, text)
             self.batches_merged += 1
         else:
-            batch = _TokenBatch(event, text)
+            batch = _TokenBatch(event, text, len(text))
             self._open_batches[session] = batch
             self._queue.append(batch)
         if event.payload.is_complete:
@@ -137,10 +144,20 @@ class Mailbox:
             return None
         item = self._queue.popleft()
         if isinstance(item, str):
+            self.queued_bytes -= len(item)
             return item
+        self.queued_bytes -= item.size
         if self._open_batches.get(item.event.payload.session_id) is item:
             del self._open_batches[item.event.payload.session_id]
         return item.wire_text()
+
+    def drop_lossless(self) -> int:
+        """Forget every waiting lossless message (a client that will resume); how many."""
+        dropped = len(self._queue)
+        self._queue.clear()
+        self._open_batches.clear()
+        self.queued_bytes = 0
+        return dropped
 
     def take_heartbeat(self) -> str | None:
         text, self._heartbeat = self._heartbeat, None

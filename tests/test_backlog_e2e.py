@@ -1,0 +1,188 @@
+"""Stalled clients against a real server: the unread backlog is bounded and closed with 4413,
+a frozen socket is cut off by the kernel's send timeout, and others are not slowed.
+
+The stalled clients are raw sockets with a tiny receive buffer that never read after the
+handshake, as a frozen browser tab or a SIGSTOPped process would.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+
+import trio
+
+from wirthforge_trio.transport.connection import CLOSE_SLOW_CONSUMER
+from wirthforge_trio.transport.mailbox import Mailbox
+
+from .conftest import RunningServer, start_server, test_settings
+
+
+async def stalled_client(port: int) -> trio.socket.SocketType:
+    """Open /ws by hand, then never read again (receive buffer as small as allowed)."""
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    await sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await sock.send(request.encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+async def open_connections(server: RunningServer) -> int:
+    async with server.http() as http:
+        return int((await http.get("/status")).json()["connections"])
+
+
+async def wait_connections(server: RunningServer, count: int, seconds: float) -> None:
+    with trio.fail_after(seconds):
+        while True:
+            if await open_connections(server) == count:
+                return
+            await trio.sleep(0.1)
+
+
+def masked_text_frame(text: str) -> bytes:
+    """A client's WebSocket text frame (clients must mask)."""
+    payload = text.encode()
+    mask = os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        header = bytes([0x81, 0x80 | n])
+    elif n < 65536:
+        header = bytes([0x81, 0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        header = bytes([0x81, 0x80 | 127]) + n.to_bytes(8, "big")
+    key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
+    masked = (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
+    return header + mask + masked
+
+
+async def test_a_stalled_client_is_cut_off_with_a_bounded_backlog_and_others_keep_everything(
+    nursery: trio.Nursery,
+) -> None:
+    server = await start_server(
+        nursery, test_settings(max_backlog_bytes=2048, send_timeout=3.0, demo_speed=2.0)
+    )
+    port = int(server.url.rsplit(":", 1)[1])
+    stalled = [await stalled_client(port) for _ in range(3)]
+    # Each asks for 1 MB of pongs and reads none: its path fills at once, as a frozen tab's.
+    ping = masked_text_frame(json.dumps({"type": "ping", "payload": {"pad": "x" * 50_000}}))
+
+    async def send_pings(sock: trio.socket.SocketType) -> None:
+        data = memoryview(ping * 20)
+        with trio.move_on_after(10):
+            while data:
+                try:
+                    sent = await sock.send(data)
+                except OSError:  # the server cut it off already: as intended
+                    return
+                data = data[sent:]
+
+    async with trio.open_nursery() as senders:
+        for sock in stalled:
+            senders.start_soon(send_pings, sock)
+    seen_too_slow: set[str] = set()
+    worst_backlog = 0
+
+    async def watch_status() -> None:
+        nonlocal worst_backlog
+        async with server.http() as http:
+            while True:
+                for client in (await http.get("/status")).json()["clients"]:
+                    worst_backlog = max(worst_backlog, client["queuedBytes"])
+                    if client["tooSlow"]:
+                        seen_too_slow.add(client["connectionId"])
+                await trio.sleep(0.05)
+
+    try:
+        async with server.connect() as normal, trio.open_nursery() as watchers:
+            watchers.start_soon(watch_status)
+            await wait_connections(server, 4, 5)
+            async with server.http() as http:
+                response = await http.post("/prompt", json={"prompt": "a long answer please"})
+            (session,) = response.json()["sessions"]
+            tokens: list[str] = []
+            frames = 0
+            started = trio.current_time()
+            with trio.fail_after(60):
+                while True:
+                    message = await normal.receive()
+                    if message["type"] == "energy_update":
+                        frames += 1
+                    elif message["type"] == "heartbeat":
+                        sequence = message["payload"]["sequence"]
+                        await normal.send(
+                            {"type": "heartbeat_response", "payload": {"sequence": sequence}}
+                        )
+                    elif (
+                        message["type"] == "token_stream"
+                        and message["payload"]["sessionId"] == session["sessionId"]
+                    ):
+                        tokens.extend(message["payload"]["tokens"])
+                        if message["payload"]["isComplete"]:
+                            break
+            elapsed = trio.current_time() - started
+            # The stalled ones exceeded their 2 KiB backlog: dropped, marked, then cut off by
+            # the kernel's send timeout; the normal client is still here with everything.
+            await wait_connections(server, 1, 30)
+            watchers.cancel_scope.cancel()
+        assert len(seen_too_slow) == 3
+        # Bounded by the limit plus one message (a 50 kB pong here).
+        assert worst_backlog <= 2048 + 51_000
+        assert len(tokens) > 20
+        assert frames >= 55 * elapsed - 5, f"{frames} frames in {elapsed:.1f} s"
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+async def test_a_frozen_socket_is_cut_off_by_the_send_timeout(nursery: trio.Nursery) -> None:
+    """No lossless traffic at all (nobody generates): only frames fill the socket. The backlog
+    rule never fires, yet the kernel's send timeout ends the connection."""
+    server = await start_server(nursery, test_settings(send_timeout=1.0))
+    port = int(server.url.rsplit(":", 1)[1])
+    sock = await stalled_client(port)
+    try:
+        await wait_connections(server, 1, 5)
+        # Frames (~300 bytes at 60 Hz) fill the small buffers within seconds; after that the
+        # peer's zero window holds the writer until TCP_USER_TIMEOUT aborts the socket.
+        await wait_connections(server, 0, 90)
+    finally:
+        sock.close()
+
+
+def test_the_backlog_counts_merged_batches_and_is_dropped_whole() -> None:
+    from wirthforge_trio.contract.codec import encode
+    from wirthforge_trio.contract.events import TokenStream, TokenStreamPayload
+
+    def batch(tokens: tuple[str, ...]) -> TokenStream:
+        return TokenStream(
+            timestamp=1,
+            payload=TokenStreamPayload(
+                tokens=tokens, is_complete=False, session_id="s", model_id="demo"
+            ),
+        )
+
+    mailbox = Mailbox()
+    first, second = batch(("a",)), batch(("b", "c"))
+    mailbox.put_tokens(first, encode(first))
+    mailbox.put_tokens(second, encode(second))
+    mailbox.put("x" * 100)
+    assert mailbox.queued == 2
+    assert mailbox.queued_bytes == len(encode(first)) + len(encode(second)) + 100
+    mailbox.take_lossless()
+    assert mailbox.queued_bytes == 100
+    assert mailbox.drop_lossless() == 1
+    assert mailbox.queued_bytes == 0 and mailbox.take_lossless() is None
+    assert CLOSE_SLOW_CONSUMER == 4413

@@ -1,0 +1,46 @@
+"""The WebSocket send path beneath Quart's per-message machinery, through Quart's own hooks.
+
+Quart lets an app choose the classes that wrap each WebSocket (``websocket_class``) and speak
+ASGI for it (``asgi_websocket_class``). Their defaults do work on every send that this
+server does not need: ``send`` awaits ``accept()`` (which builds an empty ``Headers`` object
+each time) and ``send_data`` awaits the ``websocket_sent`` signal (nobody here listens). At
+60 frames a second to every client, that is a measurable share of the server's CPU
+(``docs/benchmarks/README.md``). These subclasses keep the public behaviour and skip the
+work: after the handshake, a send is one dict and one await of Hypercorn's ``send``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart_trio.asgi import TrioASGIWebsocketConnection
+from quart_trio.wrappers.websocket import TrioWebsocket
+
+
+class LeanWebsocket(TrioWebsocket):
+    """Quart's WebSocket whose ``send`` goes straight out once the handshake is done."""
+
+    _lean_accepted = False
+
+    async def accept(self, headers: Any = None, subprotocol: str | None = None) -> None:
+        await super().accept(headers, subprotocol)
+        self._lean_accepted = True
+
+    async def send(self, data: str | bytes) -> None:
+        if not self._lean_accepted:
+            await self.accept()
+        await self._send(data)
+
+
+class LeanASGIWebsocketConnection(TrioASGIWebsocketConnection):
+    """The ASGI side of a WebSocket, without the ``websocket_sent`` signal per message."""
+
+    async def send_data(self, send: Any, data: str | bytes) -> None:
+        if getattr(self, "_disconnected", False):
+            # Newer Quart raises its own error for a send after the client left: keep it.
+            await super().send_data(send, data)
+            return
+        if isinstance(data, str):
+            await send({"type": "websocket.send", "bytes": None, "text": data})
+        else:
+            await send({"type": "websocket.send", "bytes": data, "text": None})

@@ -9,7 +9,7 @@ that names what was wrong, for the protocol to turn into an ``error_event``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import cattrs
@@ -66,8 +66,39 @@ def to_wire(event: Event) -> dict[str, Any]:
 
 
 def encode(event: Event) -> str:
-    """The event's wire text (a WebSocket text frame), encoded once."""
-    return orjson.dumps(converter.unstructure(event)).decode()
+    """The event's wire text (a WebSocket text frame), encoded once.
+
+    Text that is not valid Unicode (lone surrogates, which a runtime's JSON escapes or an
+    embedding program's source can produce) is sent with :func:`valid_text` applied rather
+    than failing: orjson, UTF-8 and the WebSocket cannot carry a surrogate.
+    """
+    obj = converter.unstructure(event)
+    try:
+        return orjson.dumps(obj).decode()
+    except TypeError:
+        return orjson.dumps(_valid_strings(obj)).decode()
+
+
+def valid_text(text: str) -> str:
+    """``text`` as valid Unicode: surrogate pairs joined, lone surrogates replaced by U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
+
+
+def _valid_strings(value: Any) -> Any:
+    """A JSON-ready value with :func:`valid_text` applied to every string, keys included."""
+    if isinstance(value, str):
+        return valid_text(value)
+    if isinstance(value, dict):
+        return {
+            valid_text(k) if isinstance(k, str) else k: _valid_strings(v) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_valid_strings(v) for v in value]
+    return value
 
 
 class EventDecodeError(ValueError):
@@ -107,6 +138,28 @@ class ClientMessageError(Exception):
 
 _CLIENT_ENVELOPE_KEYS = frozenset({"type", "payload", "timestamp"})
 
+MAX_CLIENT_DEPTH: Final = 32
+"""Nesting levels a client message may have. Deeper ones are refused: a ``ping`` payload is
+echoed in the ``pong``, and orjson cannot encode past 254 levels (schema checks and the
+converter recurse too), so a deep one would break the connection instead of being answered."""
+
+
+def _deeper_than(obj: Any, limit: int) -> bool:
+    """Whether objects and arrays nest more than ``limit`` levels (the top one is level 1)."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
 
 def decode_client_message(data: str | bytes) -> ClientMessage:
     """Parse and check one client message, or raise :class:`ClientMessageError`."""
@@ -118,6 +171,12 @@ def decode_client_message(data: str | bytes) -> ClientMessage:
         raise ClientMessageError(
             "INVALID_MESSAGE",
             f"message must be a JSON object with a 'type', got {type(obj).__name__}",
+        )
+    if _deeper_than(obj, MAX_CLIENT_DEPTH):
+        raise ClientMessageError(
+            "INVALID_MESSAGE",
+            f"message nests objects and arrays deeper than {MAX_CLIENT_DEPTH} levels",
+            limit=MAX_CLIENT_DEPTH,
         )
     kind = obj.get("type")
     if not isinstance(kind, str):

@@ -18,6 +18,7 @@ import attrs
 import httpx
 import trio
 
+from wirthforge_trio.contract.codec import valid_text
 from wirthforge_trio.sources.base import (
     MODEL_HTTP_ERROR,
     MODEL_NOT_FOUND,
@@ -35,6 +36,7 @@ __all__ = [
     "LogprobEntry",
     "RuntimeClient",
     "ShapeError",
+    "SurrogateMender",
     "drain",
     "error_text",
     "make_timeout",
@@ -188,6 +190,32 @@ def parse_logprob_entries(raw: Any, limit: int) -> list[LogprobEntry] | None:
         probs, texts = found if found is not None else (None, None)
         entries.append(LogprobEntry(token=item["token"], top_k=probs, top_k_tokens=texts))
     return entries
+
+
+class SurrogateMender:
+    """Makes a runtime's text pieces valid Unicode, in order, without losing a character.
+
+    Runtimes escape text in JSON (``\\ud83d\\ude00``), and some split one character's
+    UTF-16 surrogate pair across two chunks; decoded alone, each half is a lone surrogate
+    that no UTF-8 encoder (nor the WebSocket) accepts. A high surrogate that ends a piece is
+    held back and joined with the low one that starts the next; any other lone surrogate
+    becomes U+FFFD, as a decoder does with a malformed byte.
+    """
+
+    def __init__(self) -> None:
+        self._held = ""
+
+    def feed(self, piece: str) -> str:
+        """The valid text of ``piece`` (with what was held back before it)."""
+        text, self._held = self._held + piece, ""
+        if text and "\ud800" <= text[-1] <= "\udbff":
+            text, self._held = text[:-1], text[-1]
+        return valid_text(text)
+
+    def flush(self) -> str:
+        """At the end of the stream: U+FFFD for a high surrogate still held, else nothing."""
+        held, self._held = self._held, ""
+        return "\ufffd" if held else ""
 
 
 def tokens_for_piece(piece: str, entries: Sequence[LogprobEntry] | None, at: float) -> list[Token]:

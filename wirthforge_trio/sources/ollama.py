@@ -29,6 +29,7 @@ from wirthforge_trio.sources.http_runtime import (
     LogprobEntry,
     RuntimeClient,
     ShapeError,
+    SurrogateMender,
     drain,
     parse_json,
     parse_logprob_entries,
@@ -181,6 +182,7 @@ class OllamaSource:
         lines = self._http.stream_lines(
             "/api/generate", body, prompt=prompt, not_found_hint=self._pull_hint
         )
+        mender = SurrogateMender()
         async with aclosing(lines):
             async for line in lines:
                 if not line.strip():
@@ -202,9 +204,11 @@ class OllamaSource:
                         prompt,
                         _PROTOCOL_HINT,
                     ) from None
-                for token in tokens_for_piece(piece, entries, trio.current_time()):
+                for token in tokens_for_piece(mender.feed(piece), entries, trio.current_time()):
                     yield token
                 if done:
+                    for token in tokens_for_piece(mender.flush(), None, trio.current_time()):
+                        yield token
                     await drain(lines)
                     return
         raise SourceError(

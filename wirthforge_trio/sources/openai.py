@@ -30,6 +30,7 @@ from wirthforge_trio.sources.http_runtime import (
     LogprobEntry,
     RuntimeClient,
     ShapeError,
+    SurrogateMender,
     drain,
     parse_json,
     parse_logprob_entries,
@@ -224,24 +225,31 @@ class OpenAISource:
             content_type="text/event-stream",
         )
         decoder = SseDecoder()
+        mender = SurrogateMender()
         finished = False
         async with aclosing(lines):
             async for line in lines:
                 for payload in decoder.feed(line):
                     if payload.strip() == _DONE:
+                        for token in tokens_for_piece(mender.flush(), None, trio.current_time()):
+                            yield token
                         await drain(lines)
                         return
                     piece, entries, finish = self._read_event(payload, prompt)
                     finished = finished or finish
-                    for token in tokens_for_piece(piece, entries, trio.current_time()):
+                    for token in tokens_for_piece(mender.feed(piece), entries, trio.current_time()):
                         yield token
         for payload in decoder.flush():
             if payload.strip() == _DONE:
+                for token in tokens_for_piece(mender.flush(), None, trio.current_time()):
+                    yield token
                 return
             piece, entries, finish = self._read_event(payload, prompt)
             finished = finished or finish
-            for token in tokens_for_piece(piece, entries, trio.current_time()):
+            for token in tokens_for_piece(mender.feed(piece), entries, trio.current_time()):
                 yield token
+        for token in tokens_for_piece(mender.flush(), None, trio.current_time()):
+            yield token
         if not finished:
             raise SourceError(
                 MODEL_STREAM_DROPPED,

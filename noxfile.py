@@ -1,4 +1,6 @@
-"""nox sessions: `nox` runs tests, lint and typecheck; `nox -s schema` regenerates schemas/."""
+"""nox sessions: `nox` runs tests, lint and typecheck; `nox -s bench` the benchmark suite,
+`nox -s soak` the long reliability variants, `nox -s schema` and `nox -s diagrams` regenerate
+schemas/ and diagrams/*.svg."""
 
 from __future__ import annotations
 
@@ -62,3 +64,48 @@ def schema(session: nox.Session) -> None:
     """Regenerate schemas/ from the contract classes."""
     session.install("-e", ".")
     session.run("wirthforge", "schema")
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """The benchmark suite: this server beside FastAPI/uvicorn and `websockets` peers.
+
+    Writes docs/benchmarks/results.{json,md} and the PNG plots; options after `--`, e.g.
+    `nox -s bench -- --quick` or `nox -s bench -- --clients 1,10,100 --repeats 1`.
+    """
+    session.install("-e", ".[bench]")
+    session.run("python", "-m", "benchmarks.run", *session.posargs)
+
+
+@nox.session(python="3.11")
+def soak(session: nox.Session) -> None:
+    """The long reliability variants: more fuzz examples, more churn, more generations."""
+    session.install("-e", ".[test,bench]")
+    session.run(
+        "pytest",
+        "-q",
+        "tests/test_fuzz.py",
+        "tests/test_churn.py",
+        "tests/test_slow_consumers.py",
+        *session.posargs,
+        env={"WIRTHFORGE_SOAK": "1"},
+    )
+
+
+@nox.session(python=False)
+def diagrams(session: nox.Session) -> None:
+    """Render diagrams/*.mmd to SVG with the Mermaid CLI and Debian's Chromium (npm needed)."""
+    mmdc_home = os.path.join(os.environ.get("TMPDIR", "/tmp"), "wirthforge-mmdc")
+    mmdc = os.path.join(mmdc_home, "node_modules", ".bin", "mmdc")
+    if not os.path.exists(mmdc):
+        os.makedirs(mmdc_home, exist_ok=True)
+        session.run(
+            "npm",
+            "install",
+            "--prefix",
+            mmdc_home,
+            "@mermaid-js/mermaid-cli",
+            env={"PUPPETEER_SKIP_DOWNLOAD": "1"},
+            external=True,
+        )
+    session.run("python3", "diagrams/render.py", "--mmdc", mmdc, external=True)

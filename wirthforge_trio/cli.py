@@ -1,4 +1,5 @@
-"""``wirthforge serve | schema``: the command line. Errors name their fix, never a traceback."""
+"""``wirthforge serve | watch | schema | bench``: the command line. Errors name their fix,
+never a traceback."""
 
 from __future__ import annotations
 
@@ -65,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("--summary", action="store_true", help="one line per second")
     watch.add_argument("--seconds", type=float, help="stop after this many seconds")
 
+    commands.add_parser(
+        "bench",
+        add_help=False,
+        help="run the benchmark suite from a source checkout (wirthforge bench --help)",
+    )
+
     schema = commands.add_parser(
         "schema", help="write the JSON Schemas generated from the contract"
     )
@@ -78,7 +85,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["bench"]:
+        # Its own options (parsed by the benchmark's runner), passed through untouched.
+        return _bench(arguments[1:])
+    args = _parser().parse_args(arguments)
     try:
         if args.command == "serve":
             return _serve(args)
@@ -90,6 +101,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"wirthforge: error: {exc}", file=sys.stderr)
         return 2
+    except BaseExceptionGroup as group:
+        # Raised inside a nursery (a port taken at bind time, say): still one clear line.
+        settings_error, rest = group.split(SettingsError)
+        if settings_error is None or rest is not None:
+            raise
+        first = _first_leaf(settings_error)
+        print(f"wirthforge: error: {first}", file=sys.stderr)
+        return 2
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _bench(argv: list[str]) -> int:
+    """``wirthforge bench``: the benchmark suite lives in the source checkout's benchmarks/."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "run.py").is_file():
+        print(
+            "wirthforge: error: `wirthforge bench` runs from a source checkout (benchmarks/ "
+            "beside wirthforge_trio/), installed with `pip install -e '.[bench]'`",
+            file=sys.stderr,
+        )
+        return 2
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.run import main as bench_main
+
+    result: int = bench_main(argv)
+    return result
 
 
 def _serve(args: argparse.Namespace) -> int:

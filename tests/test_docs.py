@@ -7,8 +7,10 @@
 - Every diagram's SVG was rendered from the current Mermaid source (a hash, not a file
   time), and the client state machine diagram has exactly the client's transitions.
 - The error-code and close-code tables list every code the server can send.
-- docs/operations.md lists every WIRTHFORGE_* variable with its default, every flag, every
-  logger and every field that /health, /models and /status answer on a running server.
+- docs/operations.md lists every WIRTHFORGE_* variable with its default, every command and
+  flag, every logger and every field that /health, /models and /status answer on a running
+  server. No document names a WIRTHFORGE_* variable that is neither a setting nor one of the
+  test suite's own switches (TEST_ONLY_VARIABLES).
 - docs/binary-frames.md shows what benchmarks/binary_frame_size.py measures.
 - The version is in one place and the CHANGELOG and AsyncAPI agree with it; the README
   keeps its two commands and links every document; every relative link resolves.
@@ -46,6 +48,7 @@ from wirthforge_trio.contract.events import (
     EVENTS_BY_TYPE,
 )
 from wirthforge_trio.protocol import connection as protocol_connection
+from wirthforge_trio.transport import connection as transport_connection
 
 from .conftest import RunningServer, check_message
 
@@ -57,6 +60,14 @@ OPERATIONS = DOCS / "operations.md"
 BINARY = DOCS / "binary-frames.md"
 ASYNCAPI = DOCS / "asyncapi.yaml"
 SCHEMAS = ROOT / "schemas"
+
+TEST_ONLY_VARIABLES = frozenset({"WIRTHFORGE_SOAK"})
+"""Switches of the test suite, not settings of the server: reliability.md names them when it
+says how to run the tests (``WIRTHFORGE_SOAK=1`` runs the long variants)."""
+
+CLOSE_CODE_MODULES = (protocol_connection, transport_connection)
+"""Where the server's ``CLOSE_*`` constants are defined: the protocol rules (1001, 1008, 1009,
+4408) and the transport (4413 for a slow consumer)."""
 
 
 def _read(path: Path) -> str:
@@ -341,6 +352,8 @@ def test_the_code_scan_finds_the_codes_it_should() -> None:
     assert codes["HEARTBEAT_TIMEOUT"] == ("websocket", "error")
     assert codes["MODEL_ERROR"] == ("model", "error")
     assert codes["MODEL_STREAM_DROPPED"] == ("model", "error")
+    assert codes["RATE_LIMITED"] == ("websocket", "warning")  # protocol/connection.py
+    assert codes["SLOW_CONSUMER"] == ("websocket", "error")  # transport/connection.py
 
 
 def test_the_error_table_lists_every_code_the_server_sends() -> None:
@@ -359,15 +372,22 @@ def test_the_error_table_lists_every_code_the_server_sends() -> None:
         assert documented[code] == (component, severity), code
 
 
-def test_the_close_code_table_lists_every_code_the_server_sends() -> None:
-    source = _read(PACKAGE / "protocol" / "connection.py")
+def close_codes_in_code() -> set[int]:
+    """Every ``CLOSE_*: Final`` code of :data:`CLOSE_CODE_MODULES` that the package uses."""
     package = "\n".join(_read(p) for p in PACKAGE.rglob("*.py"))
-    used = {
-        getattr(protocol_connection, name)
-        for name in re.findall(r"^(CLOSE_[A-Z_]+): Final", source, flags=re.MULTILINE)
-        if len(re.findall(rf"\b{name}\b", package)) > 1  # defined and used somewhere
-    }
-    assert {1001, 1009, 4408} <= used
+    used = set()
+    for module in CLOSE_CODE_MODULES:
+        assert module.__file__ is not None
+        source = _read(Path(module.__file__))
+        for name in re.findall(r"^(CLOSE_[A-Z_]+): Final", source, flags=re.MULTILINE):
+            if len(re.findall(rf"\b{name}\b", package)) > 1:  # defined and used somewhere
+                used.add(getattr(module, name))
+    return used
+
+
+def test_the_close_code_table_lists_every_code_the_server_sends() -> None:
+    used = close_codes_in_code()
+    assert {1001, 1008, 1009, 4408, 4413} <= used, "the scan no longer finds the close codes"
     table = section(_read(PROTOCOL), "## Close codes")
     documented = {int(row[0]) for row in table_rows(table) if row[0].isdigit()}
     assert used <= documented, f"close codes not documented: {sorted(used - documented)}"
@@ -407,7 +427,11 @@ def test_every_variable_is_in_the_configuration_table_with_its_default() -> None
 
 
 def test_no_document_names_a_variable_that_does_not_exist() -> None:
-    known = set(config.ENVIRONMENT_VARIABLES)
+    assert not TEST_ONLY_VARIABLES & set(config.ENVIRONMENT_VARIABLES)
+    others = [p for p in (ROOT / "tests").glob("*.py") if p.resolve() != Path(__file__).resolve()]
+    for variable in TEST_ONLY_VARIABLES:  # still a switch that some test reads
+        assert any(variable in _read(p) for p in others), f"no test reads {variable} any more"
+    known = set(config.ENVIRONMENT_VARIABLES) | TEST_ONLY_VARIABLES
     for path in [*DOCS.glob("*.md"), ASYNCAPI, ROOT / "README.md"]:
         named = set(re.findall(r"WIRTHFORGE_[A-Z_]+[A-Z]", _read(path)))
         assert named <= known, f"{path.name} names unknown variables: {sorted(named - known)}"
@@ -416,12 +440,13 @@ def test_no_document_names_a_variable_that_does_not_exist() -> None:
 def test_defaults_quoted_in_the_protocol_match_the_settings() -> None:
     defaults = {f"WIRTHFORGE_{f.name.upper()}": f.default for f in attrs.fields(config.Settings)}
     quoted = re.findall(
-        r"`(WIRTHFORGE_[A-Z_]+)`(?:\s+seconds)?\s+\((\d+(?:\.\d+)?)( KiB| s)?[ )]",
+        r"`(WIRTHFORGE_[A-Z_]+)`(?:\s+seconds)?\s+\((\d+(?:\.\d+)?)( KiB| MiB| s)?[ )]",
         _read(PROTOCOL),
     )
     assert len(quoted) >= 8, "the pattern no longer finds the quoted defaults"
+    scale = {" KiB": 1024, " MiB": 1024 * 1024}
     for variable, number, unit in quoted:
-        value = float(number) * (1024 if unit == " KiB" else 1)
+        value = float(number) * scale.get(unit, 1)
         assert math.isclose(value, defaults[variable]), (variable, number, unit)
 
 
@@ -429,7 +454,12 @@ def test_every_flag_of_every_command_is_documented() -> None:
     text = _read(OPERATIONS)
     parser = cli._parser()
     subparsers = next(a for a in parser._actions if a.choices and a.dest == "command")
-    assert set(subparsers.choices) == {"serve", "watch", "schema"}
+    documented = set(re.findall(r"^### `wirthforge (\w+)`$", text, flags=re.MULTILINE))
+    assert {"serve", "watch", "schema"} <= documented
+    assert set(subparsers.choices) == documented, (
+        f"undocumented commands: {sorted(set(subparsers.choices) - documented)}; "
+        f"documented but gone: {sorted(documented - set(subparsers.choices))}"
+    )
     for name, sub in subparsers.choices.items():
         part = section(text, f"### `wirthforge {name}`")
         for action in sub._actions:

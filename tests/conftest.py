@@ -8,7 +8,9 @@ against the published WF-TECH-003 schema in ``../shared/contract/`` when that fo
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +146,23 @@ async def server(nursery: trio.Nursery) -> AsyncIterator[RunningServer]:
     running = await start_server(nursery, test_settings())
     yield running
     running.stop.set()
+
+
+@contextmanager
+def errors_logged() -> Iterator[list[str]]:
+    """Collect every ERROR record of the server's loggers (and the root's) meanwhile."""
+    found: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            found.append(f"{record.name}: {self.format(record)}")
+
+    handler = Collect(level=logging.ERROR)
+    loggers = [logging.getLogger(n) for n in ("", "wirthforge_trio", "hypercorn.error")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield found
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)

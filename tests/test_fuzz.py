@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 import os
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -35,7 +34,7 @@ from wirthforge_trio.config import Settings
 from wirthforge_trio.contract.codec import ClientMessageError, decode_client_message
 from wirthforge_trio.contract.events import CHANNELS
 
-from .conftest import CheckedClient, RunningServer, start_server, test_settings
+from .conftest import CheckedClient, RunningServer, errors_logged, start_server, test_settings
 
 SOAK = os.environ.get("WIRTHFORGE_SOAK") == "1"
 EXAMPLES = 5000 if SOAK else 250
@@ -180,26 +179,6 @@ class LiveConnection:
         assert self.server is not None
         async with httpx.AsyncClient(base_url=self.server.url, timeout=5.0) as http:
             return (await http.get("/health")).status_code
-
-
-@contextmanager
-def errors_logged() -> Iterator[list[str]]:
-    """Collect every ERROR record of the server's loggers (and the root's) meanwhile."""
-    found: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            found.append(f"{record.name}: {self.format(record)}")
-
-    handler = Collect(level=logging.ERROR)
-    loggers = [logging.getLogger(n) for n in ("", "wirthforge_trio", "hypercorn.error")]
-    for logger in loggers:
-        logger.addHandler(handler)
-    try:
-        yield found
-    finally:
-        for logger in loggers:
-            logger.removeHandler(handler)
 
 
 def without_rate_limit() -> dict[str, Any]:

@@ -68,7 +68,15 @@ class Capture(logging.Handler):
         line = f"{self.format(record)} args={record.args!r} extra={extra!r}"
         self.lines.append(line)
         if record.name.startswith("wirthforge_trio"):
-            self.dynamic.append(line)
+            # The message without its template's own wording ("... busy machine"): what was
+            # put into it. (Token text written into a template itself would still show in
+            # the three-token windows checked against whole lines.)
+            message = record.getMessage()
+            if isinstance(record.msg, str) and record.args:
+                for literal in re.split(r"%[-#0 +]*\d*(?:\.\d+)?[a-z%]", record.msg):
+                    if literal.strip():
+                        message = message.replace(literal, " ", 1)
+            self.dynamic.append(f"{message} {extra!r} {record.exc_text or ''}")
         else:
             self.dynamic.append(f"{record.args!r} {extra!r} {record.exc_text or ''}")
         if record.levelno >= logging.ERROR:

@@ -11,7 +11,6 @@ arrives exactly as the runtime sent it.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import pairwise
@@ -31,7 +30,7 @@ from wirthforge_trio.sources.base import Token
 from wirthforge_trio.sources.http_runtime import SurrogateMender
 from wirthforge_trio.transport.mailbox import Mailbox
 
-from .conftest import CheckedClient, RunningServer, start_server, test_settings
+from .conftest import CheckedClient, RunningServer, errors_logged, start_server, test_settings
 from .fake_runtimes import FakeOllama, FakeOpenAI, Request, Script, _Conn
 
 NASTY = [
@@ -70,23 +69,10 @@ def expected_text() -> str:
 
 
 @contextmanager
-def no_errors_logged() -> Iterator[list[str]]:
-    found: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            found.append(f"{record.name}: {record.getMessage()}")
-
-    handler = Collect(level=logging.ERROR)
-    loggers = [logging.getLogger(n) for n in ("", "wirthforge_trio", "hypercorn.error")]
-    for logger in loggers:
-        logger.addHandler(handler)
-    try:
-        yield found
-    finally:
-        for logger in loggers:
-            logger.removeHandler(handler)
-    assert found == [], "the server logged errors"
+def no_errors_logged() -> Iterator[None]:
+    with errors_logged() as found:
+        yield
+    assert found == [], f"the server logged errors: {found}"
 
 
 async def read_session(client: CheckedClient, seconds: float = 20) -> tuple[str, str]:

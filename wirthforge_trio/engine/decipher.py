@@ -87,7 +87,10 @@ class Session:
     model_id: str
     started_at: float
     start_frame: int = 0
-    """The frame during which it started: a client that saw a later frame saw it start."""
+    """The frame during which it started."""
+    first_sent_frame: int | None = None
+    """The frame whose token_stream first carried it: a client that saw that frame (or a
+    later one) has heard of it; before that there was nothing of it to hear."""
     tokens: list[str] = attrs.field(factory=list)
     pending: list[str] = attrs.field(factory=list)
     status: SessionStatus = "streaming"
@@ -296,6 +299,8 @@ class Decipher:
         for session in list(self._live.values()):
             finished = session.status != "streaming"
             if session.pending or finished:
+                if session.first_sent_frame is None:
+                    session.first_sent_frame = self.frame_number
                 tokens = tuple(session.pending)
                 session.pending.clear()
                 events.append(

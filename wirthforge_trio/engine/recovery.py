@@ -113,9 +113,12 @@ def _missing_tokens(
 ) -> TokenStream | None:
     """One token_stream with what the client lacks of ``session``, or None if nothing."""
     if held is None:
-        # A session the client never heard of: replay it whole if it started after the
-        # last frame the client saw (it was away); otherwise the client chose not to hold it.
-        if last_frame is None or session.start_frame <= last_frame:
+        # A session the client does not hold. If its first tokens went out after the last
+        # frame the client saw, the client cannot have heard of it (it started, or began to
+        # speak, while the client was away): replay it whole. If they went out by then, the
+        # client had them and chose not to keep it.
+        first = session.first_sent_frame
+        if last_frame is None or (first is not None and first <= last_frame):
             return None
         have, saw_end = 0, False
     else:

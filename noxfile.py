@@ -55,7 +55,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test,bench]")  # `wirthforge bench` imports the benchmark suite
     session.run("mypy")
 
 

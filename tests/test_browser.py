@@ -422,8 +422,11 @@ def test_server_restart_shows_reconnecting_then_the_complete_text(
     page.wait_complete([session])
     before = page.text(session)
     own_server.stop()
-    page.wait_state("reconnecting")
-    assert page.page.locator("#state").text_content() == "Reconnecting"
+    # The page says so (checked in one step: the next attempt may follow at once).
+    page.page.wait_for_function(
+        "(el => el.dataset.state === 'reconnecting' && el.textContent === 'Reconnecting')"
+        "(document.getElementById('state'))"
+    )
     own_server.start()
     page.wait_state("connected", seconds=40)
     assert page.text(session) == before
@@ -700,3 +703,48 @@ def test_client_module_answers_heartbeats_and_resumes_exactly(
 def test_the_js_client_is_served_where_the_docs_say(shared_server: ServerProcess) -> None:
     served = httpx.get(shared_server.url + "/static/wirthforge-client.js").text
     assert served == (ROOT / "wirthforge_trio" / "static" / "wirthforge-client.js").read_text()
+
+
+def test_client_module_subscriptions_and_dispatch_by_channel(
+    shared_server: ServerProcess, open_page: Callable[[str], PageUnderTest]
+) -> None:
+    """Against the real server: leaving the energy channel stops frames, joining it again
+    brings them back, and events arrive by type and by channel."""
+    page = open_page(shared_server.url)
+    result = run_module_script(
+        page.page,
+        """
+        const counts = { frames: 0, energyChannel: 0, subscriptions: [] };
+        const c = new m.WirthforgeClient({ pingIntervalMs: 0 });
+        c.on('energy_update', () => counts.frames++);
+        c.on('channel:energy', () => counts.energyChannel++);
+        c.on('subscriptions', e => counts.subscriptions.push(e.payload.channels));
+        const connected = new Promise(r => c.on('state', ({ state }) => {
+            if (state === 'connected') r(); }));
+        c.start();
+        await connected;
+        await sleep(1000);
+        const before = counts.frames;
+        c.unsubscribe({ channels: ['energy'] });
+        await sleep(300);                       // what was already on its way
+        const left = counts.frames;
+        await sleep(1000);
+        const whileAway = counts.frames - left;
+        c.subscribe({ channels: ['energy'] });
+        await sleep(1000);
+        const after = counts.frames - left - whileAway;
+        c.close();
+        return { before, whileAway, after, energyChannel: counts.energyChannel,
+                 frames: counts.frames, subscriptions: counts.subscriptions,
+                 state: c.state };
+        """,
+    )
+    assert result["before"] >= 40
+    assert result["whileAway"] == 0
+    assert result["after"] >= 40
+    # Every energy_update was also dispatched on its channel (energy_field ones too).
+    assert result["energyChannel"] >= result["frames"]
+    assert ["council", "experience", "reward", "system"] in [
+        sorted(c) for c in result["subscriptions"]
+    ]
+    assert result["state"] == "closed"

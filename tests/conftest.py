@@ -94,6 +94,10 @@ class RunningServer:
     stop: trio.Event
 
     @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    @property
     def ws_url(self) -> str:
         return self.url.replace("http://", "ws://", 1) + "/ws"
 
@@ -166,3 +170,20 @@ def errors_logged() -> Iterator[list[str]]:
     finally:
         for logger in loggers:
             logger.removeHandler(handler)
+
+
+RAW_HANDSHAKE = (
+    b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+async def stalled_client(port: int, *, receive_buffer: int = 4096) -> trio.SocketStream:
+    """A raw WebSocket handshake on /ws, then nothing: the caller never reads (a frozen tab or
+    process), and the small receive buffer fills at once."""
+    sock = trio.socket.socket()
+    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, receive_buffer)
+    await sock.connect(("127.0.0.1", port))
+    stream = trio.SocketStream(sock)
+    await stream.send_all(RAW_HANDSHAKE)
+    return stream

@@ -7,36 +7,25 @@ handshake, as a frozen browser tab or a SIGSTOPped process would.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import socket
 
 import trio
 
 from wirthforge_trio.transport.connection import CLOSE_SLOW_CONSUMER
 from wirthforge_trio.transport.mailbox import Mailbox
 
-from .conftest import RunningServer, start_server, test_settings
+from .conftest import RunningServer, stalled_client, start_server, test_settings
 
 
-async def stalled_client(port: int) -> trio.socket.SocketType:
-    """Open /ws by hand, then never read again (receive buffer as small as allowed)."""
-    sock = trio.socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
-    await sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    request = (
-        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n"
-    )
-    await sock.send(request.encode())
+async def stalled(port: int) -> trio.SocketStream:
+    """A client that completes the handshake, then never reads again."""
+    stream = await stalled_client(port, receive_buffer=1024)
     head = b""
     while b"\r\n\r\n" not in head:
-        head += await sock.recv(1)
+        head += await stream.receive_some(1)
     assert head.startswith(b"HTTP/1.1 101"), head
-    return sock
+    return stream
 
 
 async def open_connections(server: RunningServer) -> int:
@@ -75,23 +64,20 @@ async def test_a_stalled_client_is_cut_off_with_a_bounded_backlog_and_others_kee
         nursery, test_settings(max_backlog_bytes=2048, send_timeout=3.0, demo_speed=2.0)
     )
     port = int(server.url.rsplit(":", 1)[1])
-    stalled = [await stalled_client(port) for _ in range(3)]
+    clients = [await stalled(port) for _ in range(3)]
     # Each asks for 1 MB of pongs and reads none: its path fills at once, as a frozen tab's.
     ping = masked_text_frame(json.dumps({"type": "ping", "payload": {"pad": "x" * 50_000}}))
 
-    async def send_pings(sock: trio.socket.SocketType) -> None:
-        data = memoryview(ping * 20)
+    async def send_pings(stream: trio.SocketStream) -> None:
         with trio.move_on_after(10):
-            while data:
-                try:
-                    sent = await sock.send(data)
-                except OSError:  # the server cut it off already: as intended
-                    return
-                data = data[sent:]
+            try:
+                await stream.send_all(ping * 20)
+            except trio.BrokenResourceError:  # the server cut it off already: as intended
+                return
 
     async with trio.open_nursery() as senders:
-        for sock in stalled:
-            senders.start_soon(send_pings, sock)
+        for stream in clients:
+            senders.start_soon(send_pings, stream)
     seen_too_slow: set[str] = set()
     worst_backlog = 0
 
@@ -143,8 +129,8 @@ async def test_a_stalled_client_is_cut_off_with_a_bounded_backlog_and_others_kee
         assert len(tokens) > 20
         assert frames >= 55 * elapsed - 5, f"{frames} frames in {elapsed:.1f} s"
     finally:
-        for sock in stalled:
-            sock.close()
+        for stream in clients:
+            await stream.aclose()
 
 
 async def test_a_frozen_socket_is_cut_off_by_the_send_timeout(nursery: trio.Nursery) -> None:
@@ -152,14 +138,14 @@ async def test_a_frozen_socket_is_cut_off_by_the_send_timeout(nursery: trio.Nurs
     rule never fires, yet the kernel's send timeout ends the connection."""
     server = await start_server(nursery, test_settings(send_timeout=1.0))
     port = int(server.url.rsplit(":", 1)[1])
-    sock = await stalled_client(port)
+    stream = await stalled(port)
     try:
         await wait_connections(server, 1, 5)
         # Frames (~300 bytes at 60 Hz) fill the small buffers within seconds; after that the
         # peer's zero window holds the writer until TCP_USER_TIMEOUT aborts the socket.
         await wait_connections(server, 0, 90)
     finally:
-        sock.close()
+        await stream.aclose()
 
 
 def test_the_backlog_counts_merged_batches_and_is_dropped_whole() -> None:

@@ -31,7 +31,7 @@ import trio
 
 from wirthforge_trio.config import Settings
 
-from .conftest import RunningServer, start_server, test_settings
+from .conftest import RunningServer, stalled_client, start_server, test_settings
 
 PEER = Path(__file__).with_name("peer_process.py")
 HEARTBEAT_TIMEOUT = 2.0
@@ -193,15 +193,8 @@ async def test_a_half_open_connection_that_never_reads_is_dropped(nursery: trio.
     mailbox and socket forever: once its buffers are full, the send timeout ends it."""
     server = await start_server(nursery, dead_peer_settings(models=("demo", "demo:b")))
     port = int(server.url.rsplit(":", 1)[1])
-    sock = trio.socket.socket()
-    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
-    await sock.connect(("127.0.0.1", port))
-    stream = trio.SocketStream(sock)
-    await stream.send_all(
-        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    local_port = sock.getsockname()[1]
+    stream = await stalled_client(port)
+    local_port = stream.socket.getsockname()[1]
     hub = server.app.wirthforge.hub
     with trio.fail_after(5):
         while True:

@@ -13,7 +13,7 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_
 from wirthforge_trio import __version__
 from wirthforge_trio.sources.demo import DemoSource
 
-from .conftest import RunningServer, start_server, test_settings
+from .conftest import RunningServer, stalled_client, start_server, test_settings
 
 
 async def test_handshake_is_startup_complete(server: RunningServer) -> None:
@@ -287,12 +287,7 @@ async def test_http_endpoints_and_bad_prompt_bodies(server: RunningServer) -> No
 
 async def test_a_client_that_never_reads_does_not_slow_others(server: RunningServer) -> None:
     """The stalled client's socket buffers fill; its slot replaces frames; the other is fine."""
-    stalled_stream = await trio.open_tcp_stream("127.0.0.1", int(server.url.rsplit(":", 1)[1]))
-    stalled_stream.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
-    await stalled_stream.send_all(
-        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
+    stalled_stream = await stalled_client(server.port)
     prompt = "keep talking while one client sleeps"
     expected = DemoSource(seed=server.settings.demo_seed).text_for(prompt)
     async with server.connect() as client, server.http() as http:

@@ -29,7 +29,7 @@ from wirthforge_trio.config import DEFAULT_PORT, FALLBACK_PORT, Settings
 from wirthforge_trio.server import SHUTDOWN_DEADLINE, serve
 from wirthforge_trio.sources.demo import DemoSource
 
-from .conftest import CheckedClient, RunningServer, test_settings
+from .conftest import CheckedClient, RunningServer, stalled_client, test_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -151,14 +151,7 @@ async def test_stopping_with_a_stalled_client_still_exits_in_time(nursery: trio.
         nursery, test_settings(models=COUNCIL, demo_speed=1.0, send_timeout=60.0)
     )
     port = int(server.running.url.rsplit(":", 1)[1])
-    sock = trio.socket.socket()
-    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
-    await sock.connect(("127.0.0.1", port))
-    stalled = trio.SocketStream(sock)
-    await stalled.send_all(
-        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
+    stalled = await stalled_client(port)
     try:
         async with server.running.connect() as client:
             await client.receive_type("startup_complete")

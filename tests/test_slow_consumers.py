@@ -27,12 +27,8 @@ from wirthforge_trio.contract.events import RewardEvent, RewardPayload
 from wirthforge_trio.sources.demo import DemoSource
 from wirthforge_trio.transport.connection import CLOSE_SLOW_CONSUMER
 
-from .conftest import RunningServer, check_message, start_server, test_settings
+from .conftest import RunningServer, check_message, stalled_client, start_server, test_settings
 
-HANDSHAKE = (
-    b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-)
 PEER = Path(__file__).with_name("peer_process.py")
 SOAK = os.environ.get("WIRTHFORGE_SOAK") == "1"
 COUNCIL = ("demo", "demo:b")
@@ -47,16 +43,6 @@ STALLED_QUEUE_BOUND = 100
 
 def port_of(server: RunningServer) -> int:
     return int(server.url.rsplit(":", 1)[1])
-
-
-async def stalled_client(server: RunningServer) -> trio.SocketStream:
-    """A WebSocket handshake, then nothing: never reads, never answers a heartbeat."""
-    sock = trio.socket.socket()
-    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
-    await sock.connect(("127.0.0.1", port_of(server)))
-    stream = trio.SocketStream(sock)
-    await stream.send_all(HANDSHAKE)
-    return stream
 
 
 class Lines:
@@ -82,7 +68,7 @@ async def test_twenty_stalled_clients_cost_five_readers_nothing(nursery: trio.Nu
     server = await start_server(nursery, test_settings(models=COUNCIL, demo_speed=2.0))
     process = psutil.Process()
     rss_before = process.memory_info().rss
-    stalled = [await stalled_client(server) for _ in range(20)]
+    stalled = [await stalled_client(port_of(server)) for _ in range(20)]
     prompt = "many listeners, some of them asleep"
     expected = {
         COUNCIL_IDS[name]: DemoSource(seed=0, name=name).text_for(prompt) for name in COUNCIL
@@ -139,7 +125,7 @@ async def test_soak_stalled_clients_through_many_generations(nursery: trio.Nurse
     generations = 30
     server = await start_server(nursery, test_settings(models=COUNCIL, demo_speed=2.0))
     process = psutil.Process()
-    stalled = [await stalled_client(server) for _ in range(20)]
+    stalled = [await stalled_client(port_of(server)) for _ in range(20)]
     readers = await trio.lowlevel.open_process(
         [
             sys.executable,

@@ -63,9 +63,8 @@ async def test_a_stalled_client_is_cut_off_with_a_bounded_backlog_and_others_kee
     server = await start_server(
         nursery, test_settings(max_backlog_bytes=2048, send_timeout=3.0, demo_speed=2.0)
     )
-    port = int(server.url.rsplit(":", 1)[1])
-    clients = [await stalled(port) for _ in range(3)]
-    # Each asks for 1 MB of pongs and reads none: its path fills at once, as a frozen tab's.
+    # Each stalled client asks for 1 MB of pongs and reads none: its path fills at once, as a
+    # frozen tab's.
     ping = masked_text_frame(json.dumps({"type": "ping", "payload": {"pad": "x" * 50_000}}))
 
     async def send_pings(stream: trio.SocketStream) -> None:
@@ -75,9 +74,6 @@ async def test_a_stalled_client_is_cut_off_with_a_bounded_backlog_and_others_kee
             except trio.BrokenResourceError:  # the server cut it off already: as intended
                 return
 
-    async with trio.open_nursery() as senders:
-        for stream in clients:
-            senders.start_soon(send_pings, stream)
     seen_too_slow: set[str] = set()
     worst_backlog = 0
 
@@ -91,10 +87,15 @@ async def test_a_stalled_client_is_cut_off_with_a_bounded_backlog_and_others_kee
                         seen_too_slow.add(client["connectionId"])
                 await trio.sleep(0.05)
 
+    clients: list[trio.SocketStream] = []
     try:
         async with server.connect() as normal, trio.open_nursery() as watchers:
             watchers.start_soon(watch_status)
-            await wait_connections(server, 4, 5)
+            await normal.receive_type("startup_complete")
+            clients.extend([await stalled(server.port) for _ in range(3)])
+            async with trio.open_nursery() as senders:
+                for stream in clients:
+                    senders.start_soon(send_pings, stream)
             async with server.http() as http:
                 response = await http.post("/prompt", json={"prompt": "a long answer please"})
             (session,) = response.json()["sessions"]

@@ -8,6 +8,7 @@ handshake, as a frozen browser tab or a SIGSTOPped process would.
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import trio
@@ -63,14 +64,14 @@ async def test_a_stalled_client_is_cut_off_with_a_bounded_backlog_and_others_kee
     server = await start_server(
         nursery, test_settings(max_backlog_bytes=2048, send_timeout=3.0, demo_speed=2.0)
     )
-    # Each stalled client asks for 1 MB of pongs and reads none: its path fills at once, as a
-    # frozen tab's.
+    # Each stalled client asks for 5 MB of pongs (more than the kernel's largest send buffer,
+    # 4 MB here) and reads none: its path fills at once, as a frozen tab's.
     ping = masked_text_frame(json.dumps({"type": "ping", "payload": {"pad": "x" * 50_000}}))
 
     async def send_pings(stream: trio.SocketStream) -> None:
-        with trio.move_on_after(10):
+        with trio.move_on_after(20):
             try:
-                await stream.send_all(ping * 20)
+                await stream.send_all(ping * 100)
             except trio.BrokenResourceError:  # the server cut it off already: as intended
                 return
 
@@ -87,6 +88,15 @@ async def test_a_stalled_client_is_cut_off_with_a_bounded_backlog_and_others_kee
                         seen_too_slow.add(client["connectionId"])
                 await trio.sleep(0.05)
 
+    closed_too_slow: list[str] = []
+
+    class TooSlowCloses(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "closing with 4413" in record.getMessage():
+                closed_too_slow.append(str(record.args[0]))  # type: ignore[index]
+
+    handler = TooSlowCloses()
+    logging.getLogger("wirthforge_trio.transport").addHandler(handler)
     clients: list[trio.SocketStream] = []
     try:
         async with server.connect() as normal, trio.open_nursery() as watchers:
@@ -124,12 +134,17 @@ async def test_a_stalled_client_is_cut_off_with_a_bounded_backlog_and_others_kee
             # the kernel's send timeout; the normal client is still here with everything.
             await wait_connections(server, 1, 30)
             watchers.cancel_scope.cancel()
-        assert len(seen_too_slow) == 3
+        # Each of the three was closed for its backlog (the log says so for each; /status,
+        # polled, saw the mark on those it caught before the kernel cut them off).
+        assert sorted(set(closed_too_slow)) == sorted(closed_too_slow)
+        assert len(closed_too_slow) == 3
+        assert seen_too_slow <= set(closed_too_slow) and seen_too_slow
         # Bounded by the limit plus one message (a 50 kB pong here).
         assert worst_backlog <= 2048 + 51_000
         assert len(tokens) > 20
         assert frames >= 55 * elapsed - 5, f"{frames} frames in {elapsed:.1f} s"
     finally:
+        logging.getLogger("wirthforge_trio.transport").removeHandler(handler)
         for stream in clients:
             await stream.aclose()
 

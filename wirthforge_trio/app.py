@@ -54,6 +54,7 @@ from .sources import make_source
 from .sources.base import ModelSource
 from .transport.asgi import LeanASGIWebsocketConnection, LeanWebsocket
 from .transport.connection import Connection
+from .transport.direct import DirectSocket
 from .transport.hub import Hub
 
 log = logging.getLogger("wirthforge_trio")
@@ -397,8 +398,13 @@ def create_app(
         except BaseException:
             slot.release()
             raise
+        socket_ = websocket._get_current_object()  # type: ignore[attr-defined]
+        asgi_send = getattr(socket_, "asgi_send", None)
+        direct = None
+        if settings.direct_writes and asgi_send is not None:
+            direct = DirectSocket.attach(asgi_send)
         connection = Connection(
-            websocket._get_current_object(),  # type: ignore[attr-defined]
+            socket_,
             ConnectionProtocol(
                 f"c-{uuid.uuid4().hex[:12]}",
                 max_message_bytes=settings.max_message_bytes,
@@ -414,6 +420,7 @@ def create_app(
             on_join=join,
             resume_wait=settings.resume_wait,
             max_backlog_bytes=settings.max_backlog_bytes,
+            direct=direct,
         )
         startup = StartupComplete(
             timestamp=time.time_ns() // 1_000_000,
@@ -567,6 +574,9 @@ def create_app(
                         "queued": c.mailbox.queued,
                         "queuedBytes": c.mailbox.queued_bytes,
                         "tooSlow": c.too_slow,
+                        "directWrites": (
+                            None if c.direct is None else c.direct.messages_written
+                        ),
                         "heartbeatRoundTrip": c.protocol.rtt_summary(),
                     }
                     for c in hub

@@ -69,6 +69,9 @@ class Settings:
     send_timeout: float = 10.0
     """Seconds a client's socket may accept no data before the kernel cuts it off
     (TCP_USER_TIMEOUT on the sockets ``wirthforge serve`` listens on)."""
+    direct_writes: bool = True
+    """Write a message straight to the socket when nothing is queued for the client (no task
+    switch); off, every message goes through the connection's writer task and ASGI."""
     token: str | None = attrs.field(default=None, repr=False)
     """Access token every request must carry (``Authorization: Bearer``, or the WebSocket
     subprotocol ``wirthforge.token.<token>``); required to listen beyond loopback."""

@@ -21,6 +21,8 @@ class LeanWebsocket(TrioWebsocket):
     """Quart's WebSocket whose ``send`` goes straight out once the handshake is done."""
 
     _lean_accepted = False
+    asgi_send: Any = None
+    """The server's ASGI ``send`` callable (``direct.py`` looks behind it)."""
 
     async def accept(self, headers: Any = None, subprotocol: str | None = None) -> None:
         await super().accept(headers, subprotocol)
@@ -34,6 +36,12 @@ class LeanWebsocket(TrioWebsocket):
 
 class LeanASGIWebsocketConnection(TrioASGIWebsocketConnection):
     """The ASGI side of a WebSocket, without the ``websocket_sent`` signal per message."""
+
+    def _create_websocket_from_scope(self, send: Any) -> Any:
+        websocket = super()._create_websocket_from_scope(send)
+        if isinstance(websocket, LeanWebsocket):
+            websocket.asgi_send = send
+        return websocket
 
     async def send_data(self, send: Any, data: str | bytes) -> None:
         if getattr(self, "_disconnected", False):

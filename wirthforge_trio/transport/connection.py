@@ -1,8 +1,11 @@
 """One client connection: a nursery with a reader, a writer and a heartbeat task.
 
-The writer is the only task that sends, so a client that stops reading blocks nothing but
-its own writer: the hub keeps offering frames to its size-1 slot (replacing stale ones), and
-its lossless queue only grows by the text of the tokens being generated. A cancel scope
+The writer is the only task that awaits a send, so a client that stops reading blocks nothing
+but its own writer: the hub keeps offering frames to its size-1 slot (replacing stale ones),
+and its lossless queue only grows by the text of the tokens being generated. While the writer
+sleeps with nothing queued, a new message skips the queue and is written to the socket at
+once, without a task switch (``direct.py``); anything that cannot go out at once waits in
+the mailbox as before, so the order is the same either way. A cancel scope
 around the nursery is the heartbeat watchdog: each answered heartbeat pushes its deadline
 forward, and when it expires the whole connection is cancelled and closed.
 """
@@ -30,7 +33,8 @@ from ..protocol.connection import (
     Reply,
     error_event,
 )
-from .mailbox import Mailbox
+from .direct import DirectSocket, text_frame
+from .mailbox import Frame, Mailbox
 
 log = logging.getLogger("wirthforge_trio.transport")
 
@@ -73,6 +77,7 @@ class Connection:
         resume_wait: float = 2.0,
         max_backlog_bytes: int = 1024 * 1024,
         addresses: tuple[tuple[str, int], tuple[str, int]] | None = None,
+        direct: DirectSocket | None = None,
     ) -> None:
         self.websocket = websocket
         self.protocol = protocol
@@ -86,6 +91,8 @@ class Connection:
         self.max_backlog_bytes = max_backlog_bytes
         self.addresses = addresses
         """(server, client) socket addresses: how a stuck connection is found at shutdown."""
+        self.direct = direct
+        """The socket for messages written at once (None: every message goes the ASGI way)."""
         self.too_slow = False
         self._catch_up_bytes = 0
         self._closing: Close | None = None
@@ -100,6 +107,53 @@ class Connection:
 
     # -- fan-out entry points (called by the hub, never block) ---------------------------------
 
+    def offer_frame(self, frame: Frame) -> None:
+        """Write the frame at once if nothing is queued, else leave it in the latest-wins slot."""
+        mailbox = self.mailbox
+        if self._may_write_now():
+            wants, wants_models = self.protocol.wants, self.protocol.wants_models
+            messages = frame.messages
+            if all(wants(channel) and wants_models(models) for channel, models, _ in messages):
+                texts, framed = [m[2] for m in messages], frame.framed
+            else:
+                chosen = [
+                    i
+                    for i, (channel, models, _) in enumerate(messages)
+                    if wants(channel) and wants_models(models)
+                ]
+                texts = [messages[i][2] for i in chosen]
+                framed = tuple(frame.framed[i] for i in chosen)
+            if not texts or self._write_now(texts, framed):
+                mailbox.frames_offered += 1
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("connection %s sent frame %d", self.id, frame.number)
+                return
+        mailbox.offer_frame(frame)
+
+    def _may_write_now(self) -> bool:
+        """Whether a message may skip the mailbox: the writer sleeps with nothing queued (so
+        nothing is ahead of it) and the socket is free."""
+        return (
+            self.direct is not None
+            and self.mailbox.writer_parked
+            and self._closing is None
+            and self.direct.ready()
+        )
+
+    def _write_now(self, texts: Sequence[str], framed: Sequence[bytes] = ()) -> bool:
+        """Write whole messages to the socket without awaiting (``_may_write_now`` holds);
+        False when they must go the ordinary way. A write the socket cut short is finished
+        by the writer, which is woken for it."""
+        direct = self.direct
+        assert direct is not None
+        if not framed and direct.shares_framing:
+            framed = [text_frame(text.encode()) for text in texts]
+        if not direct.write(direct.frame(texts, framed)):
+            return False
+        if direct.pending:
+            self.mailbox.wake()
+        return True
+
     def deliver(self, topic: str, text: str, event: Event) -> None:
         """Queue a lossless message if the client is subscribed to its topic and models."""
         if self.too_slow or not (
@@ -108,6 +162,8 @@ class Connection:
             return
         if self._over_backlog():
             return
+        if self._may_write_now() and self._write_now((text,)):
+            return
         if isinstance(event, TokenStream):
             self.mailbox.put_tokens(event, text)
         else:
@@ -115,7 +171,9 @@ class Connection:
 
     def _reply(self, text: str) -> None:
         """Queue an answer to the client (it counts against the backlog like any event)."""
-        if not self.too_slow and not self._over_backlog():
+        if self.too_slow or self._over_backlog():
+            return
+        if not (self._may_write_now() and self._write_now((text,))):
             self.mailbox.put(text)
 
     def queue_catch_up(self, texts: Iterable[str]) -> None:
@@ -256,8 +314,11 @@ class Connection:
     async def _writer(self) -> None:
         mailbox = self.mailbox
         wants, wants_models = self.protocol.wants, self.protocol.wants_models
+        direct = self.direct
         while True:
             await mailbox.wait()
+            if direct is not None and direct.pending:
+                await direct.flush()  # the rest of a message written at once comes first
             while True:
                 while (text := mailbox.take_lossless()) is not None:
                     await self._send(text)
@@ -301,4 +362,6 @@ class Connection:
         while True:
             await trio.sleep(self.heartbeat_interval)
             beat = self.protocol.heartbeat(trio.current_time(), wall_ms(), self._frame_rate())
-            self.mailbox.set_heartbeat(encode(beat))
+            text = encode(beat)
+            if not (self._may_write_now() and self._write_now((text,))):
+                self.mailbox.set_heartbeat(text)

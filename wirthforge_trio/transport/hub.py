@@ -1,7 +1,9 @@
 """The fan-out hub: one encoded frame or event, offered to every connection without waiting.
 
 Publishing never awaits, so no client, however slow, can hold up the frame clock or another
-client: each connection's writer picks up what its mailbox holds at its own pace.
+client: a connection with nothing queued gets the message written to its socket at once
+(``direct.py``), any other finds it in its mailbox, where its writer picks it up at its own
+pace.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from ..contract.codec import encode
 from ..contract.events import Event, FrameEvent, models_of, topic_of
 from .abort import shutdown_sockets
 from .connection import Connection
+from .direct import text_frame
 from .mailbox import Frame
 
 log = logging.getLogger("wirthforge_trio.transport")
@@ -50,9 +53,10 @@ class Hub:
         """Encode the frame's events once and offer them to every connection's frame slot."""
         if not self._connections:
             return
-        frame = Frame(number, tuple((e.CHANNEL, models_of(e), encode(e)) for e in events))
+        messages = tuple((e.CHANNEL, models_of(e), encode(e)) for e in events)
+        frame = Frame(number, messages, tuple(text_frame(m[2].encode()) for m in messages))
         for connection in self._connections.values():
-            connection.mailbox.offer_frame(frame)
+            connection.offer_frame(frame)
         self.frames_published += 1
 
     def publish(self, event: Event) -> None:

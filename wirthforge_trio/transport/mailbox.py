@@ -27,6 +27,9 @@ class Frame:
     number: int
     messages: tuple[tuple[str, tuple[str, ...], str], ...]
     """(channel, modelIds, wire text) for each event."""
+    framed: tuple[bytes, ...] = ()
+    """Each message as an unmasked text frame, the same bytes for every connection without
+    extensions (``direct.py``); empty when nobody writes directly."""
 
 
 @attrs.define
@@ -168,6 +171,11 @@ class Mailbox:
             return self._frame_out.receive_nowait()
         except trio.WouldBlock:
             return None
+
+    @property
+    def writer_parked(self) -> bool:
+        """Whether the writer sleeps with nothing to send (it parks only when all is sent)."""
+        return bool(self._lot) and not self._ready
 
     def wake(self) -> None:
         """Rouse the writer (also used to make it notice a close request)."""

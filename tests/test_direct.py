@@ -1,0 +1,168 @@
+"""Messages written straight to the socket (transport/direct.py): the same bytes a client
+would get through ASGI, the path engaged under Hypercorn's trio worker, and a write that the
+socket cuts short finished before anything else goes out, so no two messages interleave."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection
+from wsproto.events import (
+    AcceptConnection,
+    Message,
+    Ping,
+    Pong,
+    Request,
+    TextMessage,
+)
+from wsproto.extensions import PerMessageDeflate
+
+from wirthforge_trio.transport.direct import text_frame
+
+from .conftest import RunningServer, check_message, start_server, test_settings
+from .test_client import eventually
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_a_text_frame_is_what_wsproto_would_send(size: int) -> None:
+    text = ("é" * size)[:size]  # two bytes a character: lengths on both sides of a boundary
+    server = Connection(ConnectionType.SERVER)
+    assert text_frame(text.encode()) == server.send(TextMessage(data=text))
+
+
+class RawClient:
+    """A WebSocket client over a plain socket, parsed by wsproto: every byte the server sends
+    must belong to a well-formed frame, and nothing is decoded on the client's terms."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.texts: list[dict[str, Any]] = []
+        self.pongs = 0
+        self._partial = ""
+
+    @classmethod
+    async def open(
+        cls, port: int, *, receive_buffer: int | None = None, deflate: bool = False
+    ) -> RawClient:
+        sock = trio.socket.socket()
+        if receive_buffer is not None:
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, receive_buffer)
+        await sock.connect(("127.0.0.1", port))
+        client = cls(trio.SocketStream(sock))
+        # Without extensions the server frames once for every such client; with
+        # permessage-deflate (what browsers offer) it compresses for each.
+        extensions = [PerMessageDeflate()] if deflate else []
+        request = Request(host="127.0.0.1", target="/ws", extensions=extensions)
+        await client.stream.send_all(client.ws.send(request))
+        with trio.fail_after(5):
+            accepted = False
+            while not accepted:
+                events = client._feed(await client._read())
+                accepted = any(isinstance(e, AcceptConnection) for e in events)
+        return client
+
+    async def _read(self) -> bytes:
+        data = await self.stream.receive_some(65536)
+        assert data, "the server closed the connection"
+        return data
+
+    def _feed(self, data: bytes) -> list[Any]:
+        self.ws.receive_data(data)
+        events = list(self.ws.events())
+        for event in events:
+            if isinstance(event, Message):
+                assert isinstance(event, TextMessage)
+                self._partial += event.data  # wsproto hands a large message over in pieces
+                if event.message_finished:
+                    self.texts.append(check_message(self._partial))
+                    self._partial = ""
+            elif isinstance(event, Pong):
+                self.pongs += 1
+        return events
+
+    async def read_for(self, seconds: float) -> None:
+        with trio.move_on_after(seconds):
+            while True:
+                self._feed(await self._read())
+
+    async def send_text(self, message: dict[str, Any]) -> None:
+        await self.stream.send_all(self.ws.send(TextMessage(data=json.dumps(message))))
+
+    async def send_ping(self) -> None:
+        await self.stream.send_all(self.ws.send(Ping(payload=b"p")))
+
+    def of_type(self, type_: str) -> list[dict[str, Any]]:
+        return [m for m in self.texts if m["type"] == type_]
+
+
+def connections(server: RunningServer) -> list[Any]:
+    return list(server.app.wirthforge.hub)
+
+
+async def test_frames_go_out_directly_framed_once_or_per_deflate_connection(
+    server: RunningServer,
+) -> None:
+    raw = await RawClient.open(server.port)
+    deflating = await RawClient.open(server.port, deflate=True)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(raw.read_for, 0.5)
+        nursery.start_soon(deflating.read_for, 0.5)
+    for client in (raw, deflating):
+        frames = [m["frameNumber"] for m in client.of_type("energy_update")]
+        assert len(frames) >= 20 and frames == sorted(set(frames))
+    by_sharing = {c.direct.shares_framing: c.direct for c in connections(server)}
+    assert set(by_sharing) == {True, False}
+    assert all(d.messages_written > 0 for d in by_sharing.values())
+    async with server.http() as http:
+        clients = (await http.get("/status")).json()["clients"]
+    assert len(clients) == 2 and all(c["directWrites"] > 0 for c in clients)
+    for client in (raw, deflating):
+        await client.stream.aclose()
+
+
+async def test_with_direct_writes_off_every_message_takes_the_writer(
+    nursery: trio.Nursery,
+) -> None:
+    server = await start_server(nursery, test_settings(direct_writes=False))
+    raw = await RawClient.open(server.port)
+    await raw.read_for(0.5)
+    assert len(raw.of_type("energy_update")) >= 20
+    assert [c.direct for c in connections(server)] == [None]
+    async with server.http() as http:
+        assert (await http.get("/status")).json()["clients"][0]["directWrites"] is None
+    await raw.stream.aclose()
+    server.stop.set()
+
+
+async def test_a_write_cut_short_is_finished_before_anything_else(server: RunningServer) -> None:
+    """A client that stops reading while large replies are due: the socket takes part of one,
+    and until its writer has sent the rest, frames wait in the slot and Hypercorn's own
+    pongs wait for the socket. When the client reads again, every byte parses as whole
+    frames, the replies arrive once each and in order, and the frames in order."""
+    raw = await RawClient.open(server.port, receive_buffer=4096)
+    await raw.read_for(0.2)
+    before = len(raw.texts)
+    blob = "x" * 60_000
+    (connection,) = connections(server)
+    # A reply larger than both sockets' buffers, alone: the socket takes part of it.
+    await raw.send_text({"type": "ping", "payload": {"i": 0, "blob": blob}})
+    await eventually(lambda: connection.direct.writes_cut_short > 0)
+    assert connection.direct.pending
+    for i in range(1, 8):  # more replies, and pings that Hypercorn answers itself
+        await raw.send_text({"type": "ping", "payload": {"i": i, "blob": blob}})
+        await raw.send_ping()
+        await trio.sleep(0.05)
+    await raw.read_for(2.0)
+    pongs = raw.of_type("pong")
+    assert [p["payload"]["i"] for p in pongs] == list(range(8))
+    assert all(p["payload"]["blob"] == blob for p in pongs)
+    assert raw.pongs == 7
+    frames = [m["frameNumber"] for m in raw.of_type("energy_update")[before:]]
+    assert frames == sorted(set(frames)) and len(frames) > 30
+    assert not connection.direct.pending
+    await raw.stream.aclose()

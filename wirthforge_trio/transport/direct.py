@@ -1,0 +1,188 @@
+"""Writing a message straight to a connection's socket when nothing is queued ahead of it.
+
+Through ASGI, every send goes Quart → Hypercorn's ``WSStream`` → its h11 protocol → its TCP
+server, which takes a per-connection lock and awaits the socket: three trips through Trio's
+scheduler per message, on top of waking the connection's writer task. At 60 frames a second
+to every client that was most of the server's CPU (``docs/benchmarks/README.md``). Yet almost
+always nobody is behind: the socket has room and the writer has nothing queued. Then the
+frame can be written at once, synchronously, from the task that publishes it, as the
+``websockets`` library's ``broadcast()`` does.
+
+``DirectSocket.attach`` finds Hypercorn's objects behind the ASGI ``send`` callable and checks
+every one of them by type; with any other server, a TLS stream, HTTP/2 or a Hypercorn whose
+insides differ, it returns None and the connection keeps the ordinary path. It swaps the
+TCP server's send lock for a ``trio.Semaphore`` of one (the same ``async with`` for
+Hypercorn), so that a write cut short by a full socket can keep the socket reserved until
+the connection's own writer task has sent the rest: bytes of two messages never interleave.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import trio
+
+log = logging.getLogger("wirthforge_trio.transport")
+
+_FIN_TEXT = 0x81
+"""First byte of an unfragmented text frame (FIN and opcode 1)."""
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked WebSocket text frame (RFC 6455 §5.2), as a server sends it."""
+    n = len(payload)
+    if n < 126:
+        return bytes((_FIN_TEXT, n)) + payload
+    if n < 65536:
+        return bytes((_FIN_TEXT, 126)) + n.to_bytes(2, "big") + payload
+    return bytes((_FIN_TEXT, 127)) + n.to_bytes(8, "big") + payload
+
+
+def _hypercorn_parts(asgi_send: Callable[..., Any]) -> tuple[Any, Any] | None:
+    """(WSStream, TCPServer) behind Hypercorn's ASGI send, each checked by type, or None."""
+    try:
+        from hypercorn.protocol.h11 import H11Protocol
+        from hypercorn.protocol.ws_stream import WSStream
+        from hypercorn.trio.tcp_server import TCPServer
+    except ImportError:  # pragma: no cover - hypercorn is a dependency
+        return None
+    ws_stream = getattr(asgi_send, "__self__", None)
+    if not isinstance(ws_stream, WSStream):
+        return None
+    protocol = getattr(getattr(ws_stream, "send", None), "__self__", None)
+    if not isinstance(protocol, H11Protocol):  # HTTP/2 WebSockets keep the ordinary path
+        return None
+    tcp_server = getattr(getattr(protocol, "send", None), "__self__", None)
+    if not isinstance(tcp_server, TCPServer):
+        return None
+    return ws_stream, tcp_server
+
+
+class DirectSocket:
+    """The socket of one WebSocket, for whole messages written without awaiting."""
+
+    def __init__(self, ws_stream: Any, socket_: trio.socket.SocketType, lock: trio.Semaphore):
+        from hypercorn.protocol.ws_stream import ASGIWebsocketState
+        from wsproto.connection import ConnectionState
+
+        self._ws_stream = ws_stream
+        self._connection = ws_stream.connection
+        self._socket = socket_
+        self._lock = lock
+        self._connected = ASGIWebsocketState.CONNECTED
+        self._open = ConnectionState.OPEN
+        # Without extensions a server's frame is the same bytes for every connection, so a
+        # frame's messages are framed once for all (``text_frame``). With permessage-deflate
+        # each connection compresses with its own context: wsproto frames them.
+        extensions = getattr(getattr(self._connection, "_proto", None), "extensions", None)
+        self.shares_framing = extensions == []
+        self._pending: memoryview | None = None
+        self.messages_written = 0
+        self.writes_cut_short = 0
+
+    @classmethod
+    def attach(cls, asgi_send: Callable[..., Any]) -> DirectSocket | None:
+        """The direct path for an accepted WebSocket served by Hypercorn's trio worker over
+        plain TCP and HTTP/1.1, or None (the caller keeps the ordinary path)."""
+        parts = _hypercorn_parts(asgi_send)
+        if parts is None:
+            return None
+        ws_stream, tcp_server = parts
+        stream = getattr(tcp_server, "stream", None)
+        lock = getattr(tcp_server, "send_lock", None)
+        if not isinstance(stream, trio.SocketStream) or not isinstance(lock, trio.Lock):
+            return None  # TLS, or a different send lock than the one this was written for
+        if lock.locked() or lock.statistics().tasks_waiting:
+            return None
+        if getattr(ws_stream, "connection", None) is None:
+            return None
+        semaphore = trio.Semaphore(1, max_value=1)
+        tcp_server.send_lock = semaphore
+        return cls(ws_stream, stream.socket, semaphore)
+
+    @property
+    def pending(self) -> bool:
+        """Whether a message was cut short and its rest still has to go out first."""
+        return self._pending is not None
+
+    def ready(self) -> bool:
+        """Whether a message may be written now: nothing is being sent on this socket, and the
+        WebSocket is open in Hypercorn's eyes and in wsproto's."""
+        ws = self._ws_stream
+        return (
+            self._pending is None
+            and self._lock.value == 1
+            and not ws.closed
+            and ws.state is self._connected
+            and self._connection.state is self._open
+        )
+
+    def frame(self, texts: Sequence[str], shared: Sequence[bytes]) -> bytes:
+        """The wire bytes of ``texts`` for this connection (``shared``: the same texts framed
+        without extensions, used when this connection has none)."""
+        if self.shares_framing:
+            return shared[0] if len(shared) == 1 else b"".join(shared)
+        from wsproto.events import TextMessage
+
+        send = self._connection.send
+        return b"".join(send(TextMessage(data=text)) for text in texts)
+
+    def write(self, data: bytes) -> bool:
+        """Write ``data`` (whole messages) now. True when it is taken: all written, or the rest
+        held for ``flush`` with the socket reserved. False when nothing was written and the
+        caller should queue the message for the ordinary path: the socket is full (and the
+        framing shared, so nothing has been committed) or broken (then the ordinary path meets
+        the error and closes the connection as it always does)."""
+        fd = self._socket.fileno()
+        if fd < 0:
+            return False
+        try:
+            written = os.write(fd, data)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            return False
+        self.messages_written += 1
+        if written == len(data):
+            return True
+        if written == 0 and self.shares_framing:
+            self.messages_written -= 1
+            return False
+        # Part of a frame is on the wire (or deflate's context already holds the message):
+        # nothing else may be sent on this socket until the rest is.
+        self._lock.acquire_nowait()
+        self._pending = memoryview(data)[written:]
+        self.writes_cut_short += 1
+        return True
+
+    async def flush(self) -> None:
+        """Send the rest of a message that was cut short, then free the socket for others.
+        Cancelled half-way, the stream is beyond repair (half a frame is out): shut the socket
+        down so that both ends learn it at once, rather than leave it hanging."""
+        try:
+            while self._pending is not None and len(self._pending):
+                await trio.lowlevel.wait_writable(self._socket)
+                try:
+                    written = os.write(self._socket.fileno(), self._pending)
+                except BlockingIOError:
+                    continue
+                self._pending = self._pending[written:]
+        except (OSError, trio.ClosedResourceError):
+            pass  # the peer is gone: the ordinary path reports it
+        except BaseException:
+            self._shut_down()
+            raise
+        finally:
+            if self._pending is not None:
+                self._pending = None
+                self._lock.release()
+
+    def _shut_down(self) -> None:
+        try:
+            self._socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass

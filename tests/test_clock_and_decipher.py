@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from wirthforge_trio.contract.events import (
     ResonanceEvent,
     TokenStream,
 )
-from wirthforge_trio.engine.clock import FrameClock
+from wirthforge_trio.engine.clock import MAX_LEAD_NS, FrameClock
 from wirthforge_trio.engine.decipher import Decipher, FrameOutput, Session, model_id_for
 from wirthforge_trio.engine.energy import PROFILES
 from wirthforge_trio.sources.base import SourceError, Token
@@ -158,6 +159,33 @@ async def test_cancelling_stops_the_clock(autojump_clock: trio.testing.MockClock
     count = clock.ticks
     await trio.sleep(1.0)
     assert clock.ticks == count == len(ticks)
+
+
+async def test_on_the_real_clock_frames_are_ready_early_and_never_sent_before_due() -> None:
+    """The clock learns to wake before a frame is due; hold_until_due still returns only once
+    it is due (on CLOCK_MONOTONIC, where the benchmark measures), and never spins long."""
+    clock = FrameClock()
+    released: list[tuple[int, int, int]] = []
+
+    def tick(n: int, now: float) -> None:
+        before = time.monotonic_ns()
+        clock.hold_until_due()
+        released.append((n, before, time.monotonic_ns()))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run, tick)
+        await trio.sleep(1.5)
+        nursery.cancel_scope.cancel()
+    origin = clock.origin_monotonic_ns
+    assert origin is not None and len(released) >= 60
+    for n, _, sent in released:
+        assert sent >= origin + round(n * PERIOD * 1e9), f"frame {n} released before it was due"
+    assert 0 < clock.lead_ns <= MAX_LEAD_NS
+    # (a margin for the test being descheduled mid-spin on a busy machine)
+    assert max(after - before for _, before, after in released) <= MAX_LEAD_NS + 5_000_000
+    # with the lead learned, the frames of the last half second were ready before they were due
+    late = [n for n, before, _ in released[-30:] if before > origin + round(n * PERIOD * 1e9)]
+    assert len(late) < 30
 
 
 # -- the Decipher -------------------------------------------------------------------------------

@@ -63,6 +63,9 @@ class Recorder:
     def publish(self, event: Event) -> None:
         self.events.append(event)
 
+    def __len__(self) -> int:
+        return 1
+
     def of(self, kind: type[Any]) -> list[Any]:
         return [e for e in self.events if isinstance(e, kind)]
 

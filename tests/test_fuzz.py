@@ -528,3 +528,33 @@ def test_soak_every_kind_mixed() -> None:
             check_answer(data, live.call(live.exchange, data))
 
         prop()
+
+
+def test_the_compiled_schema_check_agrees_with_jsonschema() -> None:
+    """Client messages are checked by fastjsonschema first and by jsonschema only when that
+    check fails (for the clearest message): both must call the same messages valid."""
+    from wirthforge_trio.contract.codec import _check, _validator
+    from wirthforge_trio.contract.events import CLIENT_MESSAGES_BY_TYPE
+
+    def agree(text: str) -> bool:
+        obj = json.loads(text)
+        if not isinstance(obj, dict) or obj.get("type") not in CLIENT_MESSAGES_BY_TYPE:
+            return False
+        cls = CLIENT_MESSAGES_BY_TYPE[obj["type"]]
+        try:
+            _check(cls)(obj)
+            fast = True
+        except Exception:
+            fast = False
+        assert fast == _validator(cls).is_valid(obj), text[:300]
+        return fast
+
+    valid = [agree(json.dumps({"type": t, "payload": VALID_PAYLOADS[t]})) for t in TYPES]
+    assert all(valid)
+
+    @FUZZ
+    @given(near_valid())
+    def prop(text: str) -> None:
+        agree(text)
+
+    prop()

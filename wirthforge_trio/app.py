@@ -574,9 +574,7 @@ def create_app(
                         "queued": c.mailbox.queued,
                         "queuedBytes": c.mailbox.queued_bytes,
                         "tooSlow": c.too_slow,
-                        "directWrites": (
-                            None if c.direct is None else c.direct.messages_written
-                        ),
+                        "directWrites": (None if c.direct is None else c.direct.messages_written),
                         "heartbeatRoundTrip": c.protocol.rtt_summary(),
                     }
                     for c in hub

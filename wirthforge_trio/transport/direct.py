@@ -81,6 +81,8 @@ class DirectSocket:
         extensions = getattr(getattr(self._connection, "_proto", None), "extensions", None)
         self.shares_framing = extensions == []
         self._pending: memoryview | None = None
+        self.on_cut_short: Callable[[], None] = lambda: None
+        """Called when a write was cut short: whoever owns the connection must :meth:`flush`."""
         self.messages_written = 0
         self.writes_cut_short = 0
 
@@ -109,54 +111,57 @@ class DirectSocket:
         """Whether a message was cut short and its rest still has to go out first."""
         return self._pending is not None
 
-    def ready(self) -> bool:
-        """Whether a message may be written now: nothing is being sent on this socket, and the
-        WebSocket is open in Hypercorn's eyes and in wsproto's."""
+    def write_now(self, texts: Sequence[str], framed: Sequence[bytes]) -> bool:
+        """Write whole messages now, if nothing is being sent on this socket and the WebSocket
+        is open in Hypercorn's eyes and in wsproto's. ``framed``: the same texts as unmasked
+        frames, shared by every connection without extensions (empty: frame them here).
+
+        True when they are taken: all written, or the rest held for :meth:`flush` with the
+        socket reserved (``on_cut_short`` is called to have it sent). False when nothing was
+        written and the caller should queue them for the ordinary path: the socket is busy or
+        full (and the framing shared, so nothing has been committed), or broken (then the
+        ordinary path meets the error and closes the connection as it always does)."""
         ws = self._ws_stream
-        return (
-            self._pending is None
-            and self._lock.value == 1
-            and not ws.closed
-            and ws.state is self._connected
-            and self._connection.state is self._open
-        )
-
-    def frame(self, texts: Sequence[str], shared: Sequence[bytes]) -> bytes:
-        """The wire bytes of ``texts`` for this connection (``shared``: the same texts framed
-        without extensions, used when this connection has none)."""
-        if self.shares_framing:
-            return shared[0] if len(shared) == 1 else b"".join(shared)
-        from wsproto.events import TextMessage
-
-        send = self._connection.send
-        return b"".join(send(TextMessage(data=text)) for text in texts)
-
-    def write(self, data: bytes) -> bool:
-        """Write ``data`` (whole messages) now. True when it is taken: all written, or the rest
-        held for ``flush`` with the socket reserved. False when nothing was written and the
-        caller should queue the message for the ordinary path: the socket is full (and the
-        framing shared, so nothing has been committed) or broken (then the ordinary path meets
-        the error and closes the connection as it always does)."""
+        if (
+            self._pending is not None
+            or self._lock.value != 1
+            or ws.closed
+            or ws.state is not self._connected
+            or self._connection.state is not self._open
+        ):
+            return False
         fd = self._socket.fileno()
         if fd < 0:
             return False
+        if not self.shares_framing:
+            from wsproto.events import TextMessage
+
+            send = self._connection.send
+            data = b"".join(send(TextMessage(data=text)) for text in texts)
+        elif len(framed) == 1:
+            data = framed[0]
+        elif framed:
+            data = b"".join(framed)
+        else:
+            data = b"".join(text_frame(text.encode()) for text in texts)
         try:
             written = os.write(fd, data)
         except BlockingIOError:
             written = 0
         except OSError:
             return False
-        self.messages_written += 1
         if written == len(data):
+            self.messages_written += len(texts)
             return True
         if written == 0 and self.shares_framing:
-            self.messages_written -= 1
             return False
-        # Part of a frame is on the wire (or deflate's context already holds the message):
+        # Part of a frame is on the wire (or deflate's context already holds the messages):
         # nothing else may be sent on this socket until the rest is.
+        self.messages_written += len(texts)
         self._lock.acquire_nowait()
         self._pending = memoryview(data)[written:]
         self.writes_cut_short += 1
+        self.on_cut_short()
         return True
 
     async def flush(self) -> None:

@@ -54,9 +54,17 @@ class Hub:
         if not self._connections:
             return
         messages = tuple((e.CHANNEL, models_of(e), encode(e)) for e in events)
-        frame = Frame(number, messages, tuple(text_frame(m[2].encode()) for m in messages))
+        texts = tuple(m[2] for m in messages)
+        frame = Frame(
+            number,
+            messages,
+            framed=tuple(text_frame(text.encode()) for text in texts),
+            channels=frozenset(m[0] for m in messages),
+            texts=texts,
+        )
+        debug = log.isEnabledFor(logging.DEBUG)
         for connection in self._connections.values():
-            connection.offer_frame(frame)
+            connection.offer_frame(frame, debug)
         self.frames_published += 1
 
     def publish(self, event: Event) -> None:

@@ -29,7 +29,12 @@ class Frame:
     """(channel, modelIds, wire text) for each event."""
     framed: tuple[bytes, ...] = ()
     """Each message as an unmasked text frame, the same bytes for every connection without
-    extensions (``direct.py``); empty when nobody writes directly."""
+    extensions (``direct.py``)."""
+    channels: frozenset[str] = frozenset()
+    """The channels of the messages: a connection subscribed to all of them (and without a
+    model filter) takes the whole frame without a check per message."""
+    texts: tuple[str, ...] = ()
+    """The wire texts of the messages, in order."""
 
 
 @attrs.define
@@ -80,6 +85,8 @@ class Mailbox:
         self._heartbeat: str | None = None
         self._lot = trio.lowlevel.ParkingLot()
         self._ready = False
+        self.writer_parked = False
+        """The writer sleeps with nothing to send (it parks only when all is sent)."""
         self.frames_offered = 0
         self.frames_replaced = 0
         self.batches_merged = 0
@@ -138,7 +145,11 @@ class Mailbox:
         if self._ready:
             await trio.lowlevel.checkpoint()
         else:
-            await self._lot.park()
+            self.writer_parked = True
+            try:
+                await self._lot.park()
+            finally:
+                self.writer_parked = False
         self._ready = False
 
     def take_lossless(self) -> str | None:
@@ -172,12 +183,8 @@ class Mailbox:
         except trio.WouldBlock:
             return None
 
-    @property
-    def writer_parked(self) -> bool:
-        """Whether the writer sleeps with nothing to send (it parks only when all is sent)."""
-        return bool(self._lot) and not self._ready
-
     def wake(self) -> None:
         """Rouse the writer (also used to make it notice a close request)."""
         self._ready = True
+        self.writer_parked = False
         self._lot.unpark_all()

@@ -5,6 +5,8 @@ socket cuts short finished before anything else goes out, so no two messages int
 from __future__ import annotations
 
 import json
+import random
+import string
 from typing import Any
 
 import pytest
@@ -139,16 +141,21 @@ async def test_with_direct_writes_off_every_message_takes_the_writer(
     server.stop.set()
 
 
-async def test_a_write_cut_short_is_finished_before_anything_else(server: RunningServer) -> None:
+@pytest.mark.parametrize("deflate", [False, True], ids=["plain", "permessage-deflate"])
+async def test_a_write_cut_short_is_finished_before_anything_else(
+    server: RunningServer, deflate: bool
+) -> None:
     """A client that stops reading while large replies are due: the socket takes part of one,
     and until its writer has sent the rest, frames wait in the slot and Hypercorn's own
     pongs wait for the socket. When the client reads again, every byte parses as whole
     frames, the replies arrive once each and in order, and the frames in order."""
-    raw = await RawClient.open(server.port, receive_buffer=4096)
+    raw = await RawClient.open(server.port, receive_buffer=4096, deflate=deflate)
     await raw.read_for(0.2)
     before = len(raw.texts)
-    blob = "x" * 60_000
+    # Incompressible, so that with deflate too the reply is larger than both buffers.
+    blob = "".join(random.Random(6).choices(string.ascii_letters + string.digits, k=60_000))
     (connection,) = connections(server)
+    assert connection.direct.shares_framing is not deflate
     # A reply larger than both sockets' buffers, alone: the socket takes part of it.
     await raw.send_text({"type": "ping", "payload": {"i": 0, "blob": blob}})
     await eventually(lambda: connection.direct.writes_cut_short > 0)

@@ -3,18 +3,17 @@
 Quart lets an app choose the classes that wrap each WebSocket (``websocket_class``) and speak
 ASGI for it (``asgi_websocket_class``). Their defaults do work on every message that this
 server does not need: ``send`` awaits ``accept()`` (which builds an empty ``Headers`` object
-each time), ``send_data`` awaits the ``websocket_sent`` signal and the reading loop the
-``websocket_received`` signal (nobody here listens). At
+each time) and ``send_data`` awaits the ``websocket_sent`` signal (nobody here listens). At
 60 frames a second to every client, that is a measurable share of the server's CPU
 (``docs/benchmarks/README.md``). These subclasses keep the public behaviour and skip the
-work: after the handshake, a send is one dict and one await of Hypercorn's ``send``.
+work: after the handshake, a send is one dict and one await of Hypercorn's ``send``. (Only
+the send side: Quart's reading side differs between the Quart releases this supports.)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from quart.signals import websocket_received
 from quart_trio.asgi import TrioASGIWebsocketConnection
 from quart_trio.wrappers.websocket import TrioWebsocket
 
@@ -38,23 +37,6 @@ class LeanWebsocket(TrioWebsocket):
 
 class LeanASGIWebsocketConnection(TrioASGIWebsocketConnection):
     """The ASGI side of a WebSocket, without the ``websocket_sent`` signal per message."""
-
-    async def handle_messages(self, nursery: Any, receive: Any) -> None:  # type: ignore[override]
-        """Quart-Trio's reading loop, without sending the ``websocket_received`` signal for
-        every message when nobody listens to it."""
-        while True:
-            event = await receive()
-            if event["type"] == "websocket.receive":
-                message = event.get("bytes") or event["text"]
-                if websocket_received.receivers:
-                    await websocket_received.send_async(
-                        message,
-                        _sync_wrapper=self.app.ensure_async,  # type: ignore[arg-type]
-                    )
-                await self.send_channel.send(message)
-            elif event["type"] == "websocket.disconnect":
-                break
-        nursery.cancel_scope.cancel()
 
     def _create_websocket_from_scope(self, send: Any) -> Any:
         websocket = super()._create_websocket_from_scope(send)

@@ -18,6 +18,7 @@ the connection's own writer task has sent the rest: bytes of two messages never 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import socket
@@ -50,7 +51,9 @@ def _hypercorn_parts(asgi_send: Callable[..., Any]) -> tuple[Any, Any] | None:
         from hypercorn.trio.tcp_server import TCPServer
     except ImportError:  # pragma: no cover - hypercorn is a dependency
         return None
-    ws_stream = getattr(asgi_send, "__self__", None)
+    # Quart may wrap Hypercorn's ``send`` (functools.wraps: 0.23 turns OSError into its own
+    # error); the direct path looks at what is wrapped, its sends go through the wrapper.
+    ws_stream = getattr(inspect.unwrap(asgi_send), "__self__", None)
     if not isinstance(ws_stream, WSStream):
         return None
     protocol = getattr(getattr(ws_stream, "send", None), "__self__", None)

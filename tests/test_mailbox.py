@@ -55,7 +55,7 @@ def payload_of(text: str) -> dict[str, Any]:
 
 
 def frame(number: int) -> Frame:
-    return Frame(number=number, messages=(("energy", f'{{"frameNumber": {number}}}'),))
+    return Frame(number=number, messages=(("energy", (), f'{{"frameNumber": {number}}}'),))
 
 
 # -- the frame slot -------------------------------------------------------------------------

@@ -19,15 +19,12 @@ the connection's own writer task has sent the rest: bytes of two messages never 
 from __future__ import annotations
 
 import inspect
-import logging
 import os
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
-
-log = logging.getLogger("wirthforge_trio.transport")
 
 _FIN_TEXT = 0x81
 """First byte of an unfragmented text frame (FIN and opcode 1)."""

@@ -17,7 +17,6 @@ from ..contract.codec import encode
 from ..contract.events import Event, FrameEvent, models_of, topic_of
 from .abort import shutdown_sockets
 from .connection import Connection
-from .direct import text_frame
 from .mailbox import Frame
 
 log = logging.getLogger("wirthforge_trio.transport")
@@ -53,15 +52,7 @@ class Hub:
         """Encode the frame's events once and offer them to every connection's frame slot."""
         if not self._connections:
             return
-        messages = tuple((e.CHANNEL, models_of(e), encode(e)) for e in events)
-        texts = tuple(m[2] for m in messages)
-        frame = Frame(
-            number,
-            messages,
-            framed=tuple(text_frame(text.encode()) for text in texts),
-            channels=frozenset(m[0] for m in messages),
-            texts=texts,
-        )
+        frame = Frame(number, tuple((e.CHANNEL, models_of(e), encode(e)) for e in events))
         debug = log.isEnabledFor(logging.DEBUG)
         for connection in self._connections.values():
             connection.offer_frame(frame, debug)

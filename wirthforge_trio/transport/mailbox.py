@@ -18,6 +18,7 @@ import trio
 
 from ..contract.codec import encode
 from ..contract.events import TokenStream, TokenStreamPayload
+from .direct import text_frame
 
 
 @attrs.frozen
@@ -27,14 +28,21 @@ class Frame:
     number: int
     messages: tuple[tuple[str, tuple[str, ...], str], ...]
     """(channel, modelIds, wire text) for each event."""
-    framed: tuple[bytes, ...] = ()
+    texts: tuple[str, ...] = attrs.field(
+        init=False, default=attrs.Factory(lambda self: tuple(m[2] for m in self.messages), True)
+    )
+    """The wire texts of the messages, in order."""
+    framed: tuple[bytes, ...] = attrs.field(
+        init=False,
+        default=attrs.Factory(lambda self: tuple(text_frame(t.encode()) for t in self.texts), True),
+    )
     """Each message as an unmasked text frame, the same bytes for every connection without
     extensions (``direct.py``)."""
-    channels: frozenset[str] = frozenset()
+    channels: frozenset[str] = attrs.field(
+        init=False, default=attrs.Factory(lambda self: frozenset(m[0] for m in self.messages), True)
+    )
     """The channels of the messages: a connection subscribed to all of them (and without a
     model filter) takes the whole frame without a check per message."""
-    texts: tuple[str, ...] = ()
-    """The wire texts of the messages, in order."""
 
 
 @attrs.define

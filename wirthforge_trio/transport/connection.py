@@ -109,27 +109,32 @@ class Connection:
 
     # -- fan-out entry points (called by the hub, never block) ---------------------------------
 
-    def offer_frame(self, frame: Frame, debug: bool = False) -> None:
-        """Write the frame at once if nothing is queued, else leave it in the latest-wins slot."""
+    def write_frame_now(self, frame: Frame, debug: bool = False) -> bool:
+        """Write the frame at once if nothing is queued and the socket is free; False when it
+        must wait in the latest-wins slot instead (:meth:`offer_frame`)."""
         direct = self.direct
-        if direct is not None and self.mailbox.writer_parked and self._closing is None:
-            if self.protocol.wants_all(frame.channels):
-                written = direct.write_now(frame.texts, frame.framed)
-            else:
-                wants, wants_models = self.protocol.wants, self.protocol.wants_models
-                chosen = [
-                    i
-                    for i, (channel, models, _) in enumerate(frame.messages)
-                    if wants(channel) and wants_models(models)
-                ]
-                written = not chosen or direct.write_now(
-                    [frame.texts[i] for i in chosen], [frame.framed[i] for i in chosen]
-                )
-            if written:
-                self.mailbox.frames_offered += 1
-                if debug:
-                    log.debug("connection %s sent frame %d", self.id, frame.number)
-                return
+        if direct is None or not self.mailbox.writer_parked or self._closing is not None:
+            return False
+        if self.protocol.wants_all(frame.channels):
+            written = direct.write_now(frame.texts, frame.framed)
+        else:
+            wants, wants_models = self.protocol.wants, self.protocol.wants_models
+            chosen = [
+                i
+                for i, (channel, models, _) in enumerate(frame.messages)
+                if wants(channel) and wants_models(models)
+            ]
+            written = not chosen or direct.write_now(
+                [frame.texts[i] for i in chosen], [frame.framed[i] for i in chosen]
+            )
+        if written:
+            self.mailbox.frames_offered += 1
+            if debug:
+                log.debug("connection %s sent frame %d", self.id, frame.number)
+        return written
+
+    def offer_frame(self, frame: Frame) -> None:
+        """Leave the frame in the latest-wins slot for the writer (replacing an older one)."""
         self.mailbox.offer_frame(frame)
 
     def _write_now(self, text: str) -> bool:

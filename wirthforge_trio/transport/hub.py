@@ -54,8 +54,11 @@ class Hub:
             return
         frame = Frame(number, tuple((e.CHANNEL, models_of(e), encode(e)) for e in events))
         debug = log.isEnabledFor(logging.DEBUG)
-        for connection in self._connections.values():
-            connection.offer_frame(frame, debug)
+        behind = [c for c in self._connections.values() if not c.write_frame_now(frame, debug)]
+        # Clients that are behind get the frame in their slot only once every other client
+        # has been written to: a slow client does not delay the others by even a slot swap.
+        for connection in behind:
+            connection.offer_frame(frame)
         self.frames_published += 1
 
     def publish(self, event: Event) -> None:

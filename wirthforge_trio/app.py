@@ -398,13 +398,13 @@ def create_app(
         except BaseException:
             slot.release()
             raise
-        socket_ = websocket._get_current_object()  # type: ignore[attr-defined]
-        asgi_send = getattr(socket_, "asgi_send", None)
+        quart_websocket = websocket._get_current_object()  # type: ignore[attr-defined]
+        asgi_send = getattr(quart_websocket, "asgi_send", None)
         direct = None
         if settings.direct_writes and asgi_send is not None:
             direct = DirectSocket.attach(asgi_send)
         connection = Connection(
-            socket_,
+            quart_websocket,
             ConnectionProtocol(
                 f"c-{uuid.uuid4().hex[:12]}",
                 max_message_bytes=settings.max_message_bytes,

@@ -25,6 +25,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
+from hypercorn.trio.tcp_server import TCPServer
+from wsproto.connection import ConnectionState
+from wsproto.events import TextMessage
 
 _FIN_TEXT = 0x81
 """First byte of an unfragmented text frame (FIN and opcode 1)."""
@@ -42,12 +47,6 @@ def text_frame(payload: bytes) -> bytes:
 
 def _hypercorn_parts(asgi_send: Callable[..., Any]) -> tuple[Any, Any] | None:
     """(WSStream, TCPServer) behind Hypercorn's ASGI send, each checked by type, or None."""
-    try:
-        from hypercorn.protocol.h11 import H11Protocol
-        from hypercorn.protocol.ws_stream import WSStream
-        from hypercorn.trio.tcp_server import TCPServer
-    except ImportError:  # pragma: no cover - hypercorn is a dependency
-        return None
     # Quart may wrap Hypercorn's ``send`` (functools.wraps: 0.23 turns OSError into its own
     # error); the direct path looks at what is wrapped, its sends go through the wrapper.
     ws_stream = getattr(inspect.unwrap(asgi_send), "__self__", None)
@@ -66,15 +65,10 @@ class DirectSocket:
     """The socket of one WebSocket, for whole messages written without awaiting."""
 
     def __init__(self, ws_stream: Any, socket_: trio.socket.SocketType, lock: trio.Semaphore):
-        from hypercorn.protocol.ws_stream import ASGIWebsocketState
-        from wsproto.connection import ConnectionState
-
         self._ws_stream = ws_stream
         self._connection = ws_stream.connection
         self._socket = socket_
         self._lock = lock
-        self._connected = ASGIWebsocketState.CONNECTED
-        self._open = ConnectionState.OPEN
         # Without extensions a server's frame is the same bytes for every connection, so a
         # frame's messages are framed once for all (``text_frame``). With permessage-deflate
         # each connection compresses with its own context: wsproto frames them.
@@ -126,16 +120,14 @@ class DirectSocket:
             self._pending is not None
             or self._lock.value != 1
             or ws.closed
-            or ws.state is not self._connected
-            or self._connection.state is not self._open
+            or ws.state is not ASGIWebsocketState.CONNECTED
+            or self._connection.state is not ConnectionState.OPEN
         ):
             return False
         fd = self._socket.fileno()
         if fd < 0:
             return False
         if not self.shares_framing:
-            from wsproto.events import TextMessage
-
             send = self._connection.send
             data = b"".join(send(TextMessage(data=text)) for text in texts)
         elif len(framed) == 1:

@@ -153,15 +153,16 @@ async def server(nursery: trio.Nursery) -> AsyncIterator[RunningServer]:
 
 
 @contextmanager
-def errors_logged() -> Iterator[list[str]]:
-    """Collect every ERROR record of the server's loggers (and the root's) meanwhile."""
-    found: list[str] = []
+def records_logged(level: int = logging.DEBUG) -> Iterator[list[logging.LogRecord]]:
+    """Collect every record at ``level`` or above of the server's loggers (and the root's)
+    meanwhile."""
+    found: list[logging.LogRecord] = []
 
     class Collect(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            found.append(f"{record.name}: {self.format(record)}")
+            found.append(record)
 
-    handler = Collect(level=logging.ERROR)
+    handler = Collect(level=level)
     loggers = [logging.getLogger(n) for n in ("", "wirthforge_trio", "hypercorn.error")]
     for logger in loggers:
         logger.addHandler(handler)
@@ -170,6 +171,16 @@ def errors_logged() -> Iterator[list[str]]:
     finally:
         for logger in loggers:
             logger.removeHandler(handler)
+
+
+@contextmanager
+def errors_logged() -> Iterator[list[str]]:
+    """The ERROR records logged meanwhile, formatted, for the caller to read afterwards."""
+    found: list[str] = []
+    formatter = logging.Formatter()
+    with records_logged(logging.ERROR) as records:
+        yield found
+    found.extend(f"{r.name}: {formatter.format(r)}" for r in records)
 
 
 RAW_HANDSHAKE = (

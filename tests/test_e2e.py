@@ -13,7 +13,13 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_
 from wirthforge_trio import __version__
 from wirthforge_trio.sources.demo import DemoSource
 
-from .conftest import RunningServer, stalled_client, start_server, test_settings
+from .conftest import (
+    RunningServer,
+    records_logged,
+    stalled_client,
+    start_server,
+    test_settings,
+)
 
 
 async def test_handshake_is_startup_complete(server: RunningServer) -> None:
@@ -318,20 +324,7 @@ async def test_a_client_that_never_reads_does_not_slow_others(server: RunningSer
 
 
 async def test_logs_hold_no_prompt_or_token_text(nursery: trio.Nursery) -> None:
-    records: list[str] = []
-    errors: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record.getMessage())
-            if record.levelno >= logging.ERROR:
-                errors.append(f"{record.name}: {record.getMessage()} {record.exc_info}")
-
-    handler = Collect(level=logging.DEBUG)
-    watched = [logging.getLogger(name) for name in ("wirthforge_trio", "hypercorn.error", "")]
-    for logger in watched:
-        logger.addHandler(handler)
-    try:
+    with records_logged(logging.DEBUG) as logged:
         running = await start_server(nursery, test_settings(log_level="DEBUG"))
         prompt = "secret-prompt-4c1d tell me about my private files"
         source = DemoSource(seed=running.settings.demo_seed)
@@ -343,9 +336,10 @@ async def test_logs_hold_no_prompt_or_token_text(nursery: trio.Nursery) -> None:
                 lambda m: m["type"] == "token_stream" and m["payload"]["isComplete"], seconds=30
             )
         running.stop.set()
-    finally:
-        for logger in watched:
-            logger.removeHandler(handler)
+    records = [r.getMessage() for r in logged]
+    errors = [
+        f"{r.name}: {r.getMessage()} {r.exc_info}" for r in logged if r.levelno >= logging.ERROR
+    ]
     log_text = "\n".join(records)
     assert errors == [], "a normal session logs no errors"
     assert "connection c-" in log_text and "frame" in log_text, "DEBUG logging was on"

@@ -49,7 +49,12 @@ class RawClient:
 
     @classmethod
     async def open(
-        cls, port: int, *, receive_buffer: int | None = None, deflate: bool = False
+        cls,
+        port: int,
+        *,
+        receive_buffer: int | None = None,
+        deflate: bool = False,
+        target: str = "/ws",
     ) -> RawClient:
         sock = trio.socket.socket()
         if receive_buffer is not None:
@@ -59,7 +64,7 @@ class RawClient:
         # Without extensions the server frames once for every such client; with
         # permessage-deflate (what browsers offer) it compresses for each.
         extensions = [PerMessageDeflate()] if deflate else []
-        request = Request(host="127.0.0.1", target="/ws", extensions=extensions)
+        request = Request(host="127.0.0.1", target=target, extensions=extensions)
         await client.stream.send_all(client.ws.send(request))
         with trio.fail_after(5):
             accepted = False
@@ -132,11 +137,14 @@ async def test_with_direct_writes_off_every_message_takes_the_writer(
 ) -> None:
     server = await start_server(nursery, test_settings(direct_writes=False))
     raw = await RawClient.open(server.port)
+    await send_together(raw, pings(0, 5))
     await raw.read_for(0.5)
     assert len(raw.of_type("energy_update")) >= 20
+    assert [p["payload"]["i"] for p in raw.of_type("pong")] == list(range(5))
     assert [c.direct for c in connections(server)] == [None]
     async with server.http() as http:
-        assert (await http.get("/status")).json()["clients"][0]["directWrites"] is None
+        client = (await http.get("/status")).json()["clients"][0]
+    assert client["directWrites"] is None and client["receivedInline"] is None
     await raw.stream.aclose()
     server.stop.set()
 
@@ -172,4 +180,52 @@ async def test_a_write_cut_short_is_finished_before_anything_else(
     frames = [m["frameNumber"] for m in raw.of_type("energy_update")[before:]]
     assert frames == sorted(set(frames)) and len(frames) > 30
     assert not connection.direct.pending
+    await raw.stream.aclose()
+
+
+def pings(first: int, count: int) -> list[dict[str, Any]]:
+    return [{"type": "ping", "payload": {"i": i}} for i in range(first, first + count)]
+
+
+async def send_together(client: RawClient, messages: list[dict[str, Any]]) -> None:
+    """Several messages in one write: Hypercorn reads them from one segment, back to back."""
+    data = b"".join(client.ws.send(TextMessage(data=json.dumps(m))) for m in messages)
+    await client.stream.send_all(data)
+
+
+async def test_client_messages_are_handled_as_read_and_answered_in_order(
+    server: RunningServer,
+) -> None:
+    raw = await RawClient.open(server.port)
+    await raw.read_for(0.1)
+    (connection,) = connections(server)
+    await send_together(raw, pings(0, 30))
+    await raw.send_text({"type": "unsubscribe", "payload": {"channels": ["energy"]}})
+    await send_together(raw, pings(30, 30))
+    await raw.read_for(0.5)
+    assert [p["payload"]["i"] for p in raw.of_type("pong")] == list(range(60))
+    assert connection.received_inline == 61
+    before = len(raw.of_type("energy_update"))
+    await raw.read_for(0.2)
+    assert len(raw.of_type("energy_update")) == before  # the unsubscribe took effect in turn
+    async with server.http() as http:
+        assert (await http.get("/status")).json()["clients"][0]["receivedInline"] == 61
+    await raw.stream.aclose()
+
+
+async def test_messages_read_before_the_reader_is_live_keep_their_place(
+    server: RunningServer,
+) -> None:
+    """A resuming client's first message is awaited by the connection's reader; whatever
+    arrives with it goes the ordinary way, and later messages are handled as read only once
+    the reader has taken those: the answers come in the order of the questions."""
+    raw = await RawClient.open(server.port, target="/ws?resume=1")
+    await send_together(raw, [{"type": "resume", "payload": {"sessions": []}}, *pings(0, 20)])
+    await send_together(raw, pings(20, 20))
+    await raw.read_for(0.3)
+    await send_together(raw, pings(40, 20))
+    await raw.read_for(0.3)
+    assert [p["payload"]["i"] for p in raw.of_type("pong")] == list(range(60))
+    (connection,) = connections(server)
+    assert 20 <= connection.received_inline < 61
     await raw.stream.aclose()

@@ -20,6 +20,7 @@ from wirthforge_trio.contract.events import (
 from wirthforge_trio.protocol.connection import ConnectionProtocol
 from wirthforge_trio.transport import hub as hub_module
 from wirthforge_trio.transport.connection import Connection
+from wirthforge_trio.transport.heartbeats import HeartbeatSweep
 from wirthforge_trio.transport.hub import Hub
 
 
@@ -37,7 +38,11 @@ class NeverUsedSocket:
 def connection(name: str) -> Connection:
     protocol = ConnectionProtocol(name, max_message_bytes=1024, heartbeat_timeout=10)
     return Connection(
-        NeverUsedSocket(), protocol, remote="test", heartbeat_interval=1.0, frame_rate=lambda: 60.0
+        NeverUsedSocket(),
+        protocol,
+        remote="test",
+        heartbeats=HeartbeatSweep(1.0, 60.0),
+        frame_rate=lambda: 60.0,
     )
 
 

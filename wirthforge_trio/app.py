@@ -27,6 +27,7 @@ from . import __version__
 from .config import Settings, SettingsError, detect_tier
 from .contract.codec import encode
 from .contract.events import (
+    FRAME_RATE,
     Capability,
     Event,
     ResumePayload,
@@ -55,6 +56,7 @@ from .sources.base import ModelSource
 from .transport.asgi import LeanASGIWebsocketConnection, LeanWebsocket
 from .transport.connection import Connection
 from .transport.direct import DirectSocket
+from .transport.heartbeats import HeartbeatSweep
 from .transport.hub import Hub
 
 log = logging.getLogger("wirthforge_trio")
@@ -218,7 +220,7 @@ def create_app(
     body_cap = max(MAX_PROMPT_BODY, 6 * settings.max_prompt_bytes + 4096)
     app.config["MAX_CONTENT_LENGTH"] = body_cap
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 0
-    hub = Hub()
+    hub = Hub(HeartbeatSweep(settings.heartbeat_interval, FRAME_RATE))
     engine = Engine(
         [*build_sources(settings), *extra_sources],
         hub,
@@ -414,7 +416,7 @@ def create_app(
             ),
             remote=websocket.remote_addr or "unknown",
             addresses=_socket_addresses(websocket.scope),
-            heartbeat_interval=settings.heartbeat_interval,
+            heartbeats=hub.heartbeats,
             frame_rate=lambda: engine.clock.measured_rate,
             current_state=current_state,
             on_join=join,
@@ -575,6 +577,7 @@ def create_app(
                         "queuedBytes": c.mailbox.queued_bytes,
                         "tooSlow": c.too_slow,
                         "directWrites": (None if c.direct is None else c.direct.messages_written),
+                        "receivedInline": None if c.direct is None else c.received_inline,
                         "heartbeatRoundTrip": c.protocol.rtt_summary(),
                     }
                     for c in hub

@@ -38,6 +38,7 @@ from .limits import MessageRateLimiter, RateLimit, Verdict
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_POLICY: Final = 1008
 CLOSE_TOO_BIG: Final = 1009
+CLOSE_INTERNAL_ERROR: Final = 1011
 CLOSE_HEARTBEAT_TIMEOUT: Final = 4408
 """Application close code (4000-4999 range) for a client that stopped answering heartbeats."""
 

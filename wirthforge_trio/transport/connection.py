@@ -1,4 +1,4 @@
-"""One client connection: a nursery with a reader, a writer and a heartbeat task.
+"""One client connection: a nursery with a reader and a writer; heartbeats come from a sweep.
 
 The writer is the only task that awaits a send, so a client that stops reading blocks nothing
 but its own writer: the hub keeps offering frames to its size-1 slot (replacing stale ones),
@@ -25,6 +25,7 @@ from ..contract.events import FRAME_BUDGET_MS, Event, ResumePayload, TokenStream
 from ..protocol.connection import (
     CLOSE_GOING_AWAY,
     CLOSE_HEARTBEAT_TIMEOUT,
+    CLOSE_INTERNAL_ERROR,
     Action,
     CatchUp,
     Close,
@@ -34,6 +35,7 @@ from ..protocol.connection import (
     error_event,
 )
 from .direct import DirectSocket
+from .heartbeats import HeartbeatSweep
 from .mailbox import Frame, Mailbox
 
 log = logging.getLogger("wirthforge_trio.transport")
@@ -70,7 +72,7 @@ class Connection:
         protocol: ConnectionProtocol,
         *,
         remote: str,
-        heartbeat_interval: float,
+        heartbeats: HeartbeatSweep,
         frame_rate: Callable[[], float],
         current_state: Callable[[str], Sequence[Event]] = lambda topic: (),
         on_join: Callable[[Connection, ResumePayload | None], None] = lambda c, r: None,
@@ -83,7 +85,7 @@ class Connection:
         self.protocol = protocol
         self.mailbox = Mailbox()
         self.remote = remote
-        self.heartbeat_interval = heartbeat_interval
+        self.heartbeats = heartbeats
         self._frame_rate = frame_rate
         self._current_state = current_state
         self._on_join = on_join
@@ -95,6 +97,14 @@ class Connection:
         """The socket for messages written at once (None: every message goes the ASGI way)."""
         if direct is not None:
             direct.on_cut_short = self.mailbox.wake  # the writer sends the rest
+            direct.receive_inline(self._take_inline)
+        self._watchdog: trio.CancelScope | None = None
+        """Set while the reader serves live messages: client messages may then be handled
+        as they arrive (:meth:`_take_inline`)."""
+        self._passed_on = 0
+        self._received = 0
+        self.received_inline = 0
+        """Client messages handled in the task that read them (no trip through Quart)."""
         self.too_slow = False
         self._catch_up_bytes = 0
         self._closing: Close | None = None
@@ -224,12 +234,15 @@ class Connection:
         self.mailbox.put(first_message)
         if not self.protocol.awaiting_resume:
             self.join(None)
-        with trio.CancelScope() as watchdog:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._reader, watchdog)
-                nursery.start_soon(self._writer)
-                nursery.start_soon(self._heartbeats)
+        self.heartbeats.enroll(self, trio.current_time())
+        try:
+            with trio.CancelScope() as watchdog:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._reader, watchdog)
+                    nursery.start_soon(self._writer)
+        finally:
+            self.heartbeats.leave(self)
         if watchdog.cancelled_caught:
             log.info(
                 "connection %s missed heartbeats for %.1f s: closing",
@@ -274,11 +287,35 @@ class Connection:
         if protocol.awaiting_resume:
             # A resuming client speaks first; one that does not within the wait goes live as is.
             with trio.move_on_after(self.resume_wait):
-                self._handle(await self.websocket.receive(), watchdog)
+                data = await self.websocket.receive()
+                self._received += 1
+                self._handle(data, watchdog)
             for action in protocol.join():
                 self._apply(action)
-        while protocol.closed is None:  # after a Close, the writer ends the connection
-            self._handle(await self.websocket.receive(), watchdog)
+        try:
+            self._watchdog = watchdog
+            while protocol.closed is None:  # after a Close, the writer ends the connection
+                data = await self.websocket.receive()
+                self._received += 1
+                self._handle(data, watchdog)
+        finally:
+            self._watchdog = None
+
+    def _take_inline(self, data: str | bytes | None) -> bool:
+        """Handle a client message in the task that read it from the socket, when that keeps
+        the order: the reader is live and every message passed on the ordinary way before
+        has been received by it. False: pass it on (the reader takes it in turn)."""
+        watchdog = self._watchdog
+        if watchdog is None or self._passed_on != self._received or self.protocol.closed:
+            self._passed_on += 1
+            return False
+        self.received_inline += 1
+        try:
+            self._handle(data, watchdog)
+        except Exception:  # a bug, not the client's fault: close, as the reader's crash would
+            log.exception("connection %s: handling a client message failed", self.id)
+            self.request_close(CLOSE_INTERNAL_ERROR, "internal error")
+        return True
 
     def _handle(self, data: str | bytes | None, watchdog: trio.CancelScope) -> None:
         """Apply the protocol's answer to one client message; push the liveness deadline."""
@@ -349,10 +386,9 @@ class Connection:
                 FRAME_BUDGET_MS,
             )
 
-    async def _heartbeats(self) -> None:
-        while True:
-            await trio.sleep(self.heartbeat_interval)
-            beat = self.protocol.heartbeat(trio.current_time(), wall_ms(), self._frame_rate())
-            text = encode(beat)
-            if not self._write_now(text):
-                self.mailbox.set_heartbeat(text)
+    def beat(self) -> None:
+        """Send a heartbeat now, or leave it for the writer (a newer one replaces it)."""
+        beat = self.protocol.heartbeat(trio.current_time(), wall_ms(), self._frame_rate())
+        text = encode(beat)
+        if not self._write_now(text):
+            self.mailbox.set_heartbeat(text)

@@ -94,11 +94,33 @@ class DirectSocket:
             return None  # TLS, or a different send lock than the one this was written for
         if lock.locked() or lock.statistics().tasks_waiting:
             return None
-        if getattr(ws_stream, "connection", None) is None:
+        if getattr(ws_stream, "connection", None) is None or not callable(
+            getattr(ws_stream, "app_put", None)
+        ):
             return None
         semaphore = trio.Semaphore(1, max_value=1)
         tcp_server.send_lock = semaphore
         return cls(ws_stream, stream.socket, semaphore)
+
+    def receive_inline(self, take: Callable[[str | bytes | None], bool]) -> None:
+        """Offer each complete client message to ``take`` in Hypercorn's reading task, before
+        it goes the ASGI way; ``take`` returns False to let it go that way after all.
+
+        Through ASGI a message passes three tasks (Hypercorn's reader, Quart's message pump,
+        the connection's reader), each a trip through Trio's scheduler; handled here it takes
+        none. The message is what Quart would hand on: its bytes, else its text (None for an
+        empty binary message)."""
+        ws = self._ws_stream
+        forward = ws.app_put
+
+        async def app_put(message: dict[str, Any]) -> None:
+            if message.get("type") == "websocket.receive" and take(
+                message.get("bytes") or message.get("text")
+            ):
+                return
+            await forward(message)
+
+        ws.app_put = app_put
 
     @property
     def pending(self) -> bool:

@@ -14,9 +14,10 @@ from collections.abc import Iterable, Iterator
 import trio
 
 from ..contract.codec import encode
-from ..contract.events import Event, FrameEvent, models_of, topic_of
+from ..contract.events import FRAME_RATE, Event, FrameEvent, models_of, topic_of
 from .abort import shutdown_sockets
 from .connection import Connection
+from .heartbeats import HeartbeatSweep
 from .mailbox import Frame
 
 log = logging.getLogger("wirthforge_trio.transport")
@@ -25,7 +26,9 @@ log = logging.getLogger("wirthforge_trio.transport")
 class Hub:
     """Every open connection, and the two ways to reach them all."""
 
-    def __init__(self) -> None:
+    def __init__(self, heartbeats: HeartbeatSweep | None = None) -> None:
+        self.heartbeats = heartbeats if heartbeats is not None else HeartbeatSweep(1.0, FRAME_RATE)
+        """Beats for every running connection, swept on the frames the hub publishes."""
         self._connections: dict[str, Connection] = {}
         self._emptied = trio.Event()
         self._emptied.set()
@@ -49,9 +52,13 @@ class Hub:
             self._emptied.set()
 
     def publish_frame(self, number: int, events: Iterable[FrameEvent]) -> None:
-        """Encode the frame's events once and offer them to every connection's frame slot."""
-        if not self._connections:
-            return
+        """Encode the frame's events once and offer them to every connection's frame slot;
+        then send the heartbeats that are due (the contract counts them in frames)."""
+        if self._connections:
+            self._publish_frame(number, events)
+        self.heartbeats.on_frame(number, trio.current_time())
+
+    def _publish_frame(self, number: int, events: Iterable[FrameEvent]) -> None:
         frame = Frame(number, tuple((e.CHANNEL, models_of(e), encode(e)) for e in events))
         debug = log.isEnabledFor(logging.DEBUG)
         behind = [c for c in self._connections.values() if not c.write_frame_now(frame, debug)]

@@ -1,5 +1,5 @@
 """The heartbeat sweep: beats for every connection on the frame clock's ticks, each
-connection on its own interval."""
+connection on its own interval and phase."""
 
 from __future__ import annotations
 
@@ -21,50 +21,68 @@ class Beats:
 def run_frames(sweep: HeartbeatSweep, frames: range, clock: list[float]) -> None:
     for n in frames:
         clock[0] = n / RATE
-        sweep.on_frame(n, clock[0])
+        sweep.beat_due(clock[0])
 
 
 def test_each_connection_beats_every_interval_from_its_own_start() -> None:
     log: list[tuple[str, float]] = []
     clock = [0.0]
-    sweep = HeartbeatSweep(1.0, RATE)
-    assert sweep.frames_per_sweep == 6  # 0.1 s
+    sweep = HeartbeatSweep(1.0)
     first, second = Beats("first", log, clock), Beats("second", log, clock)
     sweep.enroll(first, 0.0)
-    run_frames(sweep, range(0, 27), clock)  # 0.45 s
+    run_frames(sweep, range(0, 27), clock)  # to 0.43 s
     sweep.enroll(second, clock[0])
-    run_frames(sweep, range(27, 207), clock)  # to 3.45 s
+    run_frames(sweep, range(27, 207), clock)  # to 3.43 s
     sweep.leave(first)
-    run_frames(sweep, range(207, 345), clock)  # to 5.75 s
+    run_frames(sweep, range(207, 345), clock)  # to 5.73 s
     times = {name: [t for n, t in log if n == name] for name in ("first", "second")}
     assert len(times["first"]) == 3 and len(times["second"]) == 5
     for name, start in (("first", 0.0), ("second", 26 / RATE)):
         for k, t in enumerate(times[name], start=1):
-            # never early, and late by at most one sweep (6 frames)
-            assert start + k <= t + 1e-9 and t <= start + k + 6 / RATE + 1e-9
+            # never early, and late by a frame at most
+            assert start + k <= t + 1e-9 and t <= start + k + 1 / RATE + 1e-9
     assert sweep.beats == 8 and len(sweep) == 1
 
 
-def test_skipped_frames_still_sweep_and_a_late_sweep_beats_once() -> None:
+def test_beats_spread_over_the_frames_as_the_connections_opened() -> None:
     log: list[tuple[str, float]] = []
     clock = [0.0]
-    sweep = HeartbeatSweep(1.0, RATE)
-    beats = Beats("only", log, clock)
-    sweep.enroll(beats, 0.0)
-    sweep.on_frame(0, 0.0)
-    # The clock missed frames 1-209 (3.5 s): the next frame sweeps, and beats once.
-    clock[0] = 3.5
-    sweep.on_frame(210, 3.5)
-    assert len(log) == 1
-    sweep.on_frame(213, 4.0)  # not a sweep frame yet
-    sweep.on_frame(240, 4.0)  # a sweep, but the next beat is due at 4.5
+    sweep = HeartbeatSweep(1.0)
+    rate = 64  # frame times exact in binary, so that "due" and "now" compare exactly
+    for i in range(2 * rate):  # two connections open per frame for one second
+        clock[0] = i // 2 / rate
+        sweep.enroll(Beats(str(i), log, clock), clock[0])
+    for n in range(rate, 2 * rate):
+        clock[0] = n / rate
+        sweep.beat_due(clock[0])
+    per_frame = [sum(1 for _, t in log if t == n / rate) for n in range(rate, 2 * rate)]
+    assert per_frame == [2] * rate
+
+
+def test_a_late_sweep_beats_once_and_keeps_the_interval_from_then() -> None:
+    log: list[tuple[str, float]] = []
+    clock = [0.0]
+    sweep = HeartbeatSweep(1.0)
+    sweep.enroll(Beats("only", log, clock), 0.0)
+    clock[0] = 3.5  # the clock could not tick for three intervals
+    sweep.beat_due(3.5)
+    sweep.beat_due(4.0)
     assert len(log) == 1
     clock[0] = 4.5
-    sweep.on_frame(270, 4.5)
+    sweep.beat_due(4.5)
     assert len(log) == 2 and sweep.beats == 2
 
 
-def test_the_sweep_is_a_tenth_of_the_interval_at_most_a_tenth_of_a_second() -> None:
-    assert HeartbeatSweep(0.2, RATE).frames_per_sweep == 1
-    assert HeartbeatSweep(0.5, RATE).frames_per_sweep == 3
-    assert HeartbeatSweep(5.0, RATE).frames_per_sweep == 6
+def test_leaving_and_enrolling_again_keeps_one_schedule() -> None:
+    log: list[tuple[str, float]] = []
+    clock = [0.0]
+    sweep = HeartbeatSweep(1.0)
+    beats = Beats("again", log, clock)
+    sweep.enroll(beats, 0.0)
+    sweep.leave(beats)
+    sweep.enroll(beats, 0.5)
+    run_frames(sweep, range(0, 180), clock)  # to 2.98 s: due at 1.5 and 2.5
+    assert len(log) == 2 and len(sweep) == 1
+    sweep.leave(beats)
+    run_frames(sweep, range(180, 300), clock)
+    assert len(log) == 2 and len(sweep) == 0

@@ -41,7 +41,7 @@ def connection(name: str) -> Connection:
         NeverUsedSocket(),
         protocol,
         remote="test",
-        heartbeats=HeartbeatSweep(1.0, 60.0),
+        heartbeats=HeartbeatSweep(1.0),
         frame_rate=lambda: 60.0,
     )
 

@@ -27,7 +27,6 @@ from . import __version__
 from .config import Settings, SettingsError, detect_tier
 from .contract.codec import encode
 from .contract.events import (
-    FRAME_RATE,
     Capability,
     Event,
     ResumePayload,
@@ -220,7 +219,7 @@ def create_app(
     body_cap = max(MAX_PROMPT_BODY, 6 * settings.max_prompt_bytes + 4096)
     app.config["MAX_CONTENT_LENGTH"] = body_cap
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 0
-    hub = Hub(HeartbeatSweep(settings.heartbeat_interval, FRAME_RATE))
+    hub = Hub(HeartbeatSweep(settings.heartbeat_interval))
     engine = Engine(
         [*build_sources(settings), *extra_sources],
         hub,

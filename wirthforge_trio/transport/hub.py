@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 import trio
 
 from ..contract.codec import encode
-from ..contract.events import FRAME_RATE, Event, FrameEvent, models_of, topic_of
+from ..contract.events import Event, FrameEvent, models_of, topic_of
 from .abort import shutdown_sockets
 from .connection import Connection
 from .heartbeats import HeartbeatSweep
@@ -27,8 +27,8 @@ class Hub:
     """Every open connection, and the two ways to reach them all."""
 
     def __init__(self, heartbeats: HeartbeatSweep | None = None) -> None:
-        self.heartbeats = heartbeats if heartbeats is not None else HeartbeatSweep(1.0, FRAME_RATE)
-        """Beats for every running connection, swept on the frames the hub publishes."""
+        self.heartbeats = heartbeats if heartbeats is not None else HeartbeatSweep(1.0)
+        """Beats for every running connection, swept on every frame the hub publishes."""
         self._connections: dict[str, Connection] = {}
         self._emptied = trio.Event()
         self._emptied.set()
@@ -56,7 +56,7 @@ class Hub:
         then send the heartbeats that are due (the contract counts them in frames)."""
         if self._connections:
             self._publish_frame(number, events)
-        self.heartbeats.on_frame(number, trio.current_time())
+        self.heartbeats.beat_due(trio.current_time())
 
     def _publish_frame(self, number: int, events: Iterable[FrameEvent]) -> None:
         frame = Frame(number, tuple((e.CHANNEL, models_of(e), encode(e)) for e in events))

@@ -3,6 +3,11 @@ connection on its own interval and phase."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
+import pytest
+
 from wirthforge_trio.transport.heartbeats import HeartbeatSweep
 
 RATE = 60.0
@@ -86,3 +91,33 @@ def test_leaving_and_enrolling_again_keeps_one_schedule() -> None:
     sweep.leave(beats)
     run_frames(sweep, range(180, 300), clock)
     assert len(log) == 2 and len(sweep) == 0
+
+
+def test_a_connection_that_left_is_not_kept_alive_by_the_sweep() -> None:
+    sweep = HeartbeatSweep(1.0)
+    beats = Beats("gone", [], [0.0])
+    sweep.enroll(beats, 0.0)
+    gone = weakref.ref(beats)
+    sweep.leave(beats)
+    del beats
+    gc.collect()
+    assert gone() is None  # freed before its entry came up
+    sweep.beat_due(5.0)
+    assert sweep.beats == 0
+
+
+class Broken:
+    def beat(self) -> None:
+        raise RuntimeError("a bug")
+
+
+def test_a_failing_beat_is_logged_and_the_others_still_beat(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log: list[tuple[str, float]] = []
+    sweep = HeartbeatSweep(1.0)
+    sweep.enroll(Broken(), 0.0)
+    sweep.enroll(Beats("fine", log, [1.0]), 0.0)
+    sweep.beat_due(1.0)
+    assert len(log) == 1 and sweep.beats == 2
+    assert "sending a heartbeat failed" in caplog.text

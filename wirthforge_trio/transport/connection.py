@@ -243,6 +243,8 @@ class Connection:
                     nursery.start_soon(self._writer)
         finally:
             self.heartbeats.leave(self)
+            if self.direct is not None:
+                self.direct.stop_receiving_inline()
         if watchdog.cancelled_caught:
             log.info(
                 "connection %s missed heartbeats for %.1f s: closing",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
@@ -75,6 +75,8 @@ class DirectSocket:
         extensions = getattr(getattr(self._connection, "_proto", None), "extensions", None)
         self.shares_framing = extensions == []
         self._pending: memoryview | None = None
+        self._forward: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+        """Hypercorn's own ``app_put`` while :meth:`receive_inline` stands in for it."""
         self.on_cut_short: Callable[[], None] = lambda: None
         """Called when a write was cut short: whoever owns the connection must :meth:`flush`."""
         self.messages_written = 0
@@ -104,14 +106,15 @@ class DirectSocket:
 
     def receive_inline(self, take: Callable[[str | bytes | None], bool]) -> None:
         """Offer each complete client message to ``take`` in Hypercorn's reading task, before
-        it goes the ASGI way; ``take`` returns False to let it go that way after all.
+        it goes the ASGI way; ``take`` returns False to let it go that way after all. Undone
+        by :meth:`stop_receiving_inline`, which the owner must call when it is done.
 
         Through ASGI a message passes three tasks (Hypercorn's reader, Quart's message pump,
         the connection's reader), each a trip through Trio's scheduler; handled here it takes
         none. The message is what Quart would hand on: its bytes, else its text (None for an
         empty binary message)."""
         ws = self._ws_stream
-        forward = ws.app_put
+        forward = self._forward = ws.app_put
 
         async def app_put(message: dict[str, Any]) -> None:
             if message.get("type") == "websocket.receive" and take(
@@ -121,6 +124,14 @@ class DirectSocket:
             await forward(message)
 
         ws.app_put = app_put
+
+    def stop_receiving_inline(self) -> None:
+        """Every message goes the ASGI way again. This also breaks the reference cycle
+        Hypercorn's stream → ``take`` → its owner → this → the stream, so that a closed
+        connection is freed at once rather than by a later full garbage collection."""
+        if self._forward is not None:
+            self._ws_stream.app_put = self._forward
+            self._forward = None
 
     @property
     def pending(self) -> bool:

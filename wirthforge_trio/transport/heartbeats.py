@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 from typing import Protocol
+
+log = logging.getLogger("wirthforge_trio.transport")
 
 
 class Beating(Protocol):
@@ -27,10 +30,13 @@ class HeartbeatSweep:
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
-        self._heap: list[tuple[float, int, Beating]] = []
+        self._heap: list[tuple[float, int]] = []
+        """(due time, entry id): no reference to the connection, so that one that left is
+        freed at once, not when its entry comes up."""
         self._entry: dict[Beating, int] = {}
-        """The heap entry that is current for each enrolled connection (older ones are
-        skipped when they come up: leaving is O(1))."""
+        self._by_entry: dict[int, Beating] = {}
+        """The current entry of each enrolled connection, both ways (an entry that is not
+        current any more, because its connection left, is skipped when it comes up)."""
         self._ids = itertools.count()
         self.beats = 0
 
@@ -42,23 +48,31 @@ class HeartbeatSweep:
         self._push(connection, now + self.interval)
 
     def leave(self, connection: Beating) -> None:
-        self._entry.pop(connection, None)
+        entry_id = self._entry.pop(connection, None)
+        if entry_id is not None:
+            self._by_entry.pop(entry_id, None)
 
     def beat_due(self, now: float) -> None:
         """Beat for every connection whose beat is due at ``now``. The next is due an
         interval after the last was due, or after ``now`` if the sweep came so late that
         it would already be due (one beat for a long gap, not one per beat missed)."""
-        heap, entry, interval = self._heap, self._entry, self.interval
+        heap, by_entry, interval = self._heap, self._by_entry, self.interval
         while heap and heap[0][0] <= now:
-            due, entry_id, connection = heapq.heappop(heap)
-            if entry.get(connection) != entry_id:
-                continue  # it left, or this entry was superseded
+            due, entry_id = heapq.heappop(heap)
+            connection = by_entry.pop(entry_id, None)
+            if connection is None:
+                continue  # it left
             due += interval
             self._push(connection, due if due > now else now + interval)
             self.beats += 1
-            connection.beat()
+            try:
+                connection.beat()
+            except Exception:  # a bug in one connection must not stop the frame clock
+                log.exception("sending a heartbeat failed")
 
     def _push(self, connection: Beating, due: float) -> None:
+        self.leave(connection)
         entry_id = next(self._ids)
         self._entry[connection] = entry_id
-        heapq.heappush(self._heap, (due, entry_id, connection))
+        self._by_entry[entry_id] = connection
+        heapq.heappush(self._heap, (due, entry_id))

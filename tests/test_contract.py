@@ -1149,3 +1149,20 @@ def test_extra_top_level_fields_are_listed_in_details() -> None:
     assert info.value.code == "INVALID_FIELD"
     assert info.value.details["fields"] == ["a", "b"]
     assert "payload" in info.value.message
+
+
+@pytest.mark.parametrize("as_bytes", [False, True], ids=["text", "bytes"])
+def test_the_depth_limit_counts_nesting_not_brackets_in_strings(as_bytes: bool) -> None:
+    """The depth check is skipped for a message with few brackets; one with many, all in
+    strings, is walked and accepted; one nested one level past the limit is refused."""
+    shallow = json.dumps({"type": "ping", "payload": {"s": "{[" * 100}})
+    message = codec.decode_client_message(shallow.encode() if as_bytes else shallow)
+    assert message.payload == {"s": "{[" * 100}
+    limit = codec.MAX_CLIENT_DEPTH
+    for depth, refused in ((limit - 2, False), (limit - 1, True)):  # two levels on top
+        text = '{"type": "ping", "payload": {"deep": ' + "[" * depth + "]" * depth + "}}"
+        if refused:
+            with pytest.raises(codec.ClientMessageError, match="deeper than"):
+                codec.decode_client_message(text.encode() if as_bytes else text)
+        else:
+            codec.decode_client_message(text.encode() if as_bytes else text)

@@ -162,6 +162,14 @@ def _deeper_than(obj: Any, limit: int) -> bool:
     return False
 
 
+def _opening_brackets(data: str | bytes) -> int:
+    """How many ``{`` and ``[`` the text holds (in strings too): at least its nesting depth,
+    so a message with no more than the limit cannot be too deep, without walking it."""
+    if isinstance(data, str):
+        return data.count("{") + data.count("[")
+    return data.count(b"{") + data.count(b"[")
+
+
 def decode_client_message(data: str | bytes) -> ClientMessage:
     """Parse and check one client message, or raise :class:`ClientMessageError`."""
     try:
@@ -173,7 +181,7 @@ def decode_client_message(data: str | bytes) -> ClientMessage:
             "INVALID_MESSAGE",
             f"message must be a JSON object with a 'type', got {type(obj).__name__}",
         )
-    if _deeper_than(obj, MAX_CLIENT_DEPTH):
+    if _opening_brackets(data) > MAX_CLIENT_DEPTH and _deeper_than(obj, MAX_CLIENT_DEPTH):
         raise ClientMessageError(
             "INVALID_MESSAGE",
             f"message nests objects and arrays deeper than {MAX_CLIENT_DEPTH} levels",

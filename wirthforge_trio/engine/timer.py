@@ -46,10 +46,15 @@ def _ctypes_timerfd() -> tuple[int, _Arm] | None:
     if fd < 0:
         return None
 
+    # One spec, filled in place for every call: the clock arms the timer 60 times a second.
+    spec = _Itimerspec()
+    value = spec.it_value
+    spec_ref = ctypes.byref(spec)
+    settime = libc.timerfd_settime
+
     def arm(fd: int, when_ns: int) -> None:
-        spec = _Itimerspec()
-        spec.it_value.tv_sec, spec.it_value.tv_nsec = divmod(when_ns, 1_000_000_000)
-        if libc.timerfd_settime(fd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None) != 0:
+        value.tv_sec, value.tv_nsec = divmod(when_ns, 1_000_000_000)
+        if settime(fd, _TFD_TIMER_ABSTIME, spec_ref, None) != 0:
             error = ctypes.get_errno()
             raise OSError(error, os.strerror(error))
 

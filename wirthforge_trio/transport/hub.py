@@ -24,7 +24,8 @@ log = logging.getLogger("wirthforge_trio.transport")
 
 
 class Hub:
-    """Every open connection, and the two ways to reach them all."""
+    """Every open connection, and the ways to reach them all: frames, lossless events and,
+    on the frames, heartbeats."""
 
     def __init__(self, heartbeats: HeartbeatSweep | None = None) -> None:
         self.heartbeats = heartbeats if heartbeats is not None else HeartbeatSweep(1.0)

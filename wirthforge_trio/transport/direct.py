@@ -31,6 +31,8 @@ from hypercorn.trio.tcp_server import TCPServer
 from wsproto.connection import ConnectionState
 from wsproto.events import TextMessage
 
+_CONNECTED = ASGIWebsocketState.CONNECTED
+_OPEN = ConnectionState.OPEN
 _FIN_TEXT = 0x81
 """First byte of an unfragmented text frame (FIN and opcode 1)."""
 
@@ -63,6 +65,20 @@ def _hypercorn_parts(asgi_send: Callable[..., Any]) -> tuple[Any, Any] | None:
 
 class DirectSocket:
     """The socket of one WebSocket, for whole messages written without awaiting."""
+
+    # Read for every client on every frame: slots keep the lookups short and the object small.
+    __slots__ = (
+        "_connection",
+        "_forward",
+        "_lock",
+        "_pending",
+        "_socket",
+        "_ws_stream",
+        "messages_written",
+        "on_cut_short",
+        "shares_framing",
+        "writes_cut_short",
+    )
 
     def __init__(self, ws_stream: Any, socket_: trio.socket.SocketType, lock: trio.Semaphore):
         self._ws_stream = ws_stream
@@ -150,11 +166,10 @@ class DirectSocket:
         ordinary path meets the error and closes the connection as it always does)."""
         ws = self._ws_stream
         if (
-            self._pending is not None
-            or self._lock.value != 1
+            self._lock.value != 1  # also taken while the rest of a cut-short write waits
             or ws.closed
-            or ws.state is not ASGIWebsocketState.CONNECTED
-            or self._connection.state is not ConnectionState.OPEN
+            or ws.state is not _CONNECTED
+            or self._connection.state is not _OPEN
         ):
             return False
         fd = self._socket.fileno()

@@ -86,6 +86,22 @@ FRAME_SLOT_SIZE: Final = 1
 class Mailbox:
     """What one connection still has to send, and the wake-up for its writer."""
 
+    # Read for every client on every frame (``writer_parked``): slots keep the object small.
+    __slots__ = (
+        "_frame_in",
+        "_frame_out",
+        "_heartbeat",
+        "_lot",
+        "_open_batches",
+        "_queue",
+        "_ready",
+        "batches_merged",
+        "frames_offered",
+        "frames_replaced",
+        "queued_bytes",
+        "writer_parked",
+    )
+
     def __init__(self) -> None:
         self._frame_in, self._frame_out = trio.open_memory_channel[Frame](FRAME_SLOT_SIZE)
         self._queue: deque[_Item] = deque()

@@ -66,6 +66,33 @@ def wall_ms() -> int:
 class Connection:
     """Owns one WebSocket from handshake to close."""
 
+    # The hub reads a few of these for every client on every frame: slots keep it compact.
+    __slots__ = (
+        "_catch_up_bytes",
+        "_closing",
+        "_current_state",
+        "_frame_rate",
+        "_last_warning",
+        "_nursery",
+        "_on_join",
+        "_passed_on",
+        "_received",
+        "_watchdog",
+        "addresses",
+        "close_code",
+        "direct",
+        "heartbeats",
+        "mailbox",
+        "max_backlog_bytes",
+        "opened_at",
+        "protocol",
+        "received_inline",
+        "remote",
+        "resume_wait",
+        "too_slow",
+        "websocket",
+    )
+
     def __init__(
         self,
         websocket: WebSocketPort,

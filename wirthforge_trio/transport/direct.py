@@ -142,9 +142,9 @@ class DirectSocket:
         ws.app_put = app_put
 
     def stop_receiving_inline(self) -> None:
-        """Every message goes the ASGI way again. This also breaks the reference cycle
-        Hypercorn's stream → ``take`` → its owner → this → the stream, so that a closed
-        connection is freed at once rather than by a later full garbage collection."""
+        """Every message goes the ASGI way again, and Hypercorn's stream no longer refers to
+        ``take`` (nor, through it, to its owner): one reference cycle fewer for the garbage
+        collector when the connection is gone."""
         if self._forward is not None:
             self._ws_stream.app_put = self._forward
             self._forward = None

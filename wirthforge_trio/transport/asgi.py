@@ -14,8 +14,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from quart.wrappers import base as quart_base
 from quart_trio.asgi import TrioASGIWebsocketConnection
 from quart_trio.wrappers.websocket import TrioWebsocket
+
+from .connection import ClientGone
+
+# Quart 0.23 ends a pending ``receive`` with this error when the client disconnects (0.22
+# only cancels the handler); a Quart without it never raises it.
+_QUART_DISCONNECTED: type[BaseException] = getattr(
+    quart_base, "ClientDisconnectedError", ClientGone
+)
 
 
 class LeanWebsocket(TrioWebsocket):
@@ -32,7 +41,18 @@ class LeanWebsocket(TrioWebsocket):
     async def send(self, data: str | bytes) -> None:
         if not self._lean_accepted:
             await self.accept()
-        await self._send(data)
+        try:
+            await self._send(data)
+        except _QUART_DISCONNECTED:
+            raise ClientGone from None
+
+    async def receive(self) -> str | bytes:
+        """Quart's receive; a disconnected client raises :class:`ClientGone`, whichever
+        Quart release says so in its own way."""
+        try:
+            return await super().receive()
+        except _QUART_DISCONNECTED:
+            raise ClientGone from None
 
 
 class LeanASGIWebsocketConnection(TrioASGIWebsocketConnection):

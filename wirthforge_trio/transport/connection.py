@@ -48,8 +48,14 @@ CLOSE_SLOW_CONSUMER: Final = 4413
 (modelled on HTTP 413). Nothing is lost: the client reconnects with resume and catches up."""
 
 
+class ClientGone(Exception):
+    """Raised by a :class:`WebSocketPort` asked to receive or send after the client has
+    disconnected (the connection then ends quietly)."""
+
+
 class WebSocketPort(Protocol):
-    """The three operations the transport needs from a WebSocket (Quart's object has them)."""
+    """The three operations the transport needs from a WebSocket (Quart's object has them;
+    ``receive`` and ``send`` raise :class:`ClientGone` once the client has disconnected)."""
 
     async def send(self, data: str) -> None: ...
 
@@ -268,6 +274,8 @@ class Connection:
                     self._nursery = nursery
                     nursery.start_soon(self._reader, watchdog)
                     nursery.start_soon(self._writer)
+        except* ClientGone:
+            pass  # the client disconnected while we read or wrote: nobody is left to tell
         finally:
             self.heartbeats.leave(self)
             if self.direct is not None:
@@ -312,6 +320,7 @@ class Connection:
                 self.close_code = code
 
     async def _reader(self, watchdog: trio.CancelScope) -> None:
+        """Take the client messages not handled as read (:meth:`_take_inline`)."""
         protocol = self.protocol
         if protocol.awaiting_resume:
             # A resuming client speaks first; one that does not within the wait goes live as is.

@@ -7,7 +7,9 @@ each time) and ``send_data`` awaits the ``websocket_sent`` signal (nobody here l
 60 frames a second to every client, that is a measurable share of the server's CPU
 (``docs/benchmarks/README.md``). These subclasses keep the public behaviour and skip the
 work: after the handshake, a send is one dict and one await of Hypercorn's ``send``. (Only
-the send side: Quart's reading side differs between the Quart releases this supports.)
+the send side is made leaner: Quart's reading side differs between the Quart releases this
+supports. Both sides translate Quart 0.23's error for a client that has left into the
+transport's ``ClientGone``.)
 """
 
 from __future__ import annotations

@@ -14,6 +14,10 @@ insides differ, it returns None and the connection keeps the ordinary path. It s
 TCP server's send lock for a ``trio.Semaphore`` of one (the same ``async with`` for
 Hypercorn), so that a write cut short by a full socket can keep the socket reserved until
 the connection's own writer task has sent the rest: bytes of two messages never interleave.
+
+The same objects serve the other direction: ``receive_inline`` lets the connection handle a
+complete client message in Hypercorn's reading task, instead of after two more task switches
+through Quart's message pump and the connection's reader.
 """
 
 from __future__ import annotations

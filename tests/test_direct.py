@@ -11,10 +11,15 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection
 from wsproto.events import (
     AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
     Message,
     Ping,
     Pong,
@@ -23,7 +28,7 @@ from wsproto.events import (
 )
 from wsproto.extensions import PerMessageDeflate
 
-from wirthforge_trio.transport.direct import text_frame
+from wirthforge_trio.transport.direct import leading_texts, text_frame
 
 from .conftest import RunningServer, check_message, start_server, test_settings
 from .test_client import eventually
@@ -34,6 +39,73 @@ def test_a_text_frame_is_what_wsproto_would_send(size: int) -> None:
     text = ("é" * size)[:size]  # two bytes a character: lengths on both sides of a boundary
     server = Connection(ConnectionType.SERVER)
     assert text_frame(text.encode()) == server.send(TextMessage(data=text))
+
+
+# What a client may send: small texts (the parsed kind), and everything that must be left
+# to wsproto: longer texts, binary, control frames, a message in fragments.
+client_events = st.lists(
+    st.one_of(
+        st.text(max_size=40).map(lambda t: [TextMessage(data=t)]),
+        st.text(min_size=126, max_size=200).map(lambda t: [TextMessage(data=t)]),
+        st.binary(max_size=20).map(lambda b: [BytesMessage(data=b)]),
+        st.binary(max_size=10).map(lambda b: [Ping(payload=b)]),
+        st.tuples(st.text(max_size=10), st.text(max_size=10)).map(
+            lambda p: [
+                TextMessage(data=p[0], message_finished=False),
+                TextMessage(data=p[1], message_finished=True),
+            ]
+        ),
+    ),
+    max_size=8,
+)
+
+
+def wsproto_reads(data: bytes) -> list[tuple[str, object]]:
+    """Every message a server would see in ``data``, by wsproto (pieces joined)."""
+    server = Connection(ConnectionType.SERVER)
+    server.receive_data(data)
+    seen: list[tuple[str, object]] = []
+    partial: list[Any] = []
+    for event in server.events():
+        if isinstance(event, Message):
+            partial.append(event.data)
+            if event.message_finished:
+                kind = "text" if isinstance(event, TextMessage) else "bytes"
+                seen.append((kind, "".join(partial) if kind == "text" else b"".join(partial)))
+                partial = []
+        elif isinstance(event, Ping):
+            seen.append(("ping", event.payload))
+        else:
+            assert not isinstance(event, CloseConnection), event
+    return seen
+
+
+@given(client_events, st.integers(min_value=0, max_value=10_000))
+def test_client_messages_parsed_from_the_bytes_are_what_wsproto_reads(
+    groups: list[list[Event]], cut: int
+) -> None:
+    """The small text frames at the start are taken, the rest is left from a frame boundary:
+    together, what wsproto reads from the whole; and of bytes cut anywhere, only frames that
+    are all there (random masks, as a client's wsproto chooses them)."""
+    client = Connection(ConnectionType.CLIENT)
+    data = b"".join(client.send(event) for group in groups for event in group)
+    texts, used = leading_texts(data)
+    assert [("text", t) for t in texts] + wsproto_reads(data[used:]) == wsproto_reads(data)
+    cut = min(cut, len(data))
+    cut_texts, cut_used = leading_texts(data[:cut])
+    assert cut_used <= used and cut_texts == texts[: len(cut_texts)]
+    assert wsproto_reads(data[:cut_used]) == [("text", t) for t in cut_texts]
+
+
+def test_frames_a_full_parser_must_judge_are_left_to_it() -> None:
+    client = Connection(ConnectionType.CLIENT)
+    good = client.send(TextMessage(data="ok"))
+    bad_utf8 = bytes((0x81, 0x82, 0, 0, 0, 0)) + b"\xc3\x28"  # wsproto closes with 1007
+    unmasked = bytes((0x81, 0x02)) + b"ok"  # a protocol error from a client
+    with_rsv1 = bytes((0xC1,)) + good[1:]  # compressed, with no extension agreed
+    for rest in (bad_utf8, unmasked, with_rsv1):
+        assert leading_texts(good + rest + good) == (["ok"], len(good))
+    assert leading_texts(good, limit=1) == ([], 0)  # over the server's message size limit
 
 
 class RawClient:
@@ -228,4 +300,66 @@ async def test_messages_read_before_the_reader_is_live_keep_their_place(
     assert [p["payload"]["i"] for p in raw.of_type("pong")] == list(range(60))
     (connection,) = connections(server)
     assert 20 <= connection.received_inline < 61
+    await raw.stream.aclose()
+
+
+async def test_messages_read_beneath_hypercorn_keep_their_order_with_the_rest(
+    server: RunningServer,
+) -> None:
+    """Small messages are parsed from the bytes read; a control frame, a long message, a
+    message in fragments or a frame split across two reads goes through Hypercorn's parsers.
+    Either way, the answers come once each and in the order of the questions."""
+    raw = await RawClient.open(server.port)
+    await raw.read_for(0.1)
+    (connection,) = connections(server)
+    send = raw.ws.send
+    pad = "x" * 200
+    data = b"".join(
+        [
+            *(send(TextMessage(data=json.dumps(m))) for m in pings(0, 3)),
+            send(Ping(payload=b"p")),
+            send(TextMessage(data=json.dumps({"type": "ping", "payload": {"i": 3, "pad": pad}}))),
+            *(send(TextMessage(data=json.dumps(m))) for m in pings(4, 2)),
+            send(TextMessage(data='{"type": "ping", ', message_finished=False)),
+            send(TextMessage(data='"payload": {"i": 6}}', message_finished=True)),
+            *(send(TextMessage(data=json.dumps(m))) for m in pings(7, 3)),
+        ]
+    )
+    split = send(TextMessage(data=json.dumps(pings(10, 1)[0])))
+    await raw.stream.send_all(data + split[:5])
+    await trio.sleep(0.05)
+    await raw.stream.send_all(split[5:])
+    await trio.sleep(0.1)
+    await send_together(raw, pings(11, 5))
+    await raw.read_for(0.5)
+    assert [p["payload"]["i"] for p in raw.of_type("pong")] == list(range(16))
+    assert raw.pongs == 1
+    assert connection.received_inline == 16
+    # From the ping frame on, the first write went through wsproto, and so did the end of
+    # the split frame; once wsproto held nothing more, the last five were parsed again.
+    assert connection.direct.messages_read == 3 + 5
+    async with server.http() as http:
+        client = (await http.get("/status")).json()["clients"][0]
+    assert client["directReads"] == connection.direct.messages_read
+    await raw.stream.aclose()
+
+
+async def test_invalid_utf8_is_left_to_hypercorn_which_ends_the_connection(
+    server: RunningServer,
+) -> None:
+    """A text frame that is not UTF-8 is not parsed from the bytes: it goes to wsproto, whose
+    parse failure Hypercorn answers by closing the connection (without a close frame, as it
+    always has); the messages before it are answered first."""
+    raw = await RawClient.open(server.port)
+    await raw.read_for(0.1)
+    (connection,) = connections(server)
+    bad = bytes((0x81, 0x82, 1, 2, 3, 4)) + bytes((0xC3 ^ 1, 0x28 ^ 2))
+    await raw.stream.send_all(
+        b"".join(raw.ws.send(TextMessage(data=json.dumps(m))) for m in pings(0, 2)) + bad
+    )
+    with trio.fail_after(5):
+        while data := await raw.stream.receive_some(65536):
+            raw._feed(data)
+    assert [p["payload"]["i"] for p in raw.of_type("pong")] == [0, 1]
+    assert connection.direct.messages_read == 2
     await raw.stream.aclose()

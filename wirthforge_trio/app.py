@@ -577,6 +577,7 @@ def create_app(
                         "tooSlow": c.too_slow,
                         "directWrites": (None if c.direct is None else c.direct.messages_written),
                         "receivedInline": None if c.direct is None else c.received_inline,
+                        "directReads": None if c.direct is None else c.direct.messages_read,
                         "heartbeatRoundTrip": c.protocol.rtt_summary(),
                     }
                     for c in hub

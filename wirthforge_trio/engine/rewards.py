@@ -249,6 +249,8 @@ class RewardLedger:
 
     def on_tokens(self, total_tokens_all_models: int, wall_ms: int) -> list[RewardEvent]:
         """The running token total changed: pay the milestones and levels it has passed."""
+        if total_tokens_all_models <= self._total_tokens:
+            return []  # called every frame: nothing passed since the last call (none is at 0)
         total = max(self._total_tokens, total_tokens_all_models)
         self._total_tokens = total
         due: list[tuple[int, int, RewardRule]] = []

@@ -57,6 +57,7 @@ from .transport.connection import Connection
 from .transport.direct import DirectSocket
 from .transport.heartbeats import HeartbeatSweep
 from .transport.hub import Hub
+from .worker import wait_without_polling
 
 log = logging.getLogger("wirthforge_trio")
 
@@ -597,3 +598,5 @@ def _app_from_environment() -> WirthforgeApp:
 
 
 app = _app_from_environment()
+# Imported by Hypercorn's trio worker: wait for its supervisor's shutdown word without polling.
+wait_without_polling()

@@ -33,8 +33,9 @@ LEAD_SAMPLES: Final = 31
 LEAD_RANK: Final = LEAD_SAMPLES // 4
 """The lead is the lower quartile of those times: about one frame in four is ready early and
 waits (busy) for its due time, the others go out as soon as they are ready, a few tens of
-microseconds late. The median spun about twice as long a tick, all of it taken from the
-machine, for latency the clients do not see."""
+microseconds late. With the median, half the frames waited, and the busy wait was 12.8 % of
+the server's busy time with one idle client (2.6 % with the quartile) for a p50 latency
+that the quartile keeps below 0.1 ms all the same."""
 
 
 class FrameClock:

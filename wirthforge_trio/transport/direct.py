@@ -21,7 +21,7 @@ through Quart's message pump and the connection's reader. What clients send is s
 heartbeat response, a ping. When the bytes Hypercorn read are such messages, whole, and
 nothing is half-parsed in Hypercorn's or wsproto's buffers, they are taken from the bytes
 directly (``leading_texts``) instead of through Hypercorn's h11 and WebSocket layers and
-wsproto's parser: a tenth of a millisecond per message on a machine where they run cold.
+wsproto's parser: 50-70 µs less per message on a machine where they run cold.
 Anything else (a control frame, a fragment, a longer or invalid message, a frame cut across
 two reads) goes to Hypercorn as it came, from a frame boundary.
 """
@@ -94,7 +94,7 @@ def leading_texts(data: bytes, limit: int = SMALL_PAYLOAD) -> tuple[list[str], i
         try:
             texts.append(_unmask(data[start:stop], data[at + 2 : start]).decode())
         except UnicodeDecodeError:
-            break  # wsproto closes the connection with 1007, as it should
+            break  # a protocol error: wsproto reports it, and Hypercorn ends the connection
         at = stop
     return texts, at
 
@@ -252,7 +252,8 @@ class DirectSocket:
         Through ASGI a message passes three tasks (Hypercorn's reader, Quart's message pump,
         the connection's reader), each a trip through Trio's scheduler; handled here it takes
         none. The message is what Quart would hand on: its bytes, else its text (None for an
-        empty binary message)."""
+        empty binary message). Small text messages are parsed from the bytes Hypercorn read
+        when they can be (see the module's docstring), the rest by Hypercorn and wsproto."""
         ws = self._ws_stream
         forward = self._forward = ws.app_put
 

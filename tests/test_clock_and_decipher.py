@@ -183,8 +183,7 @@ async def test_on_the_real_clock_frames_are_ready_early_and_never_sent_before_du
     assert 0 < clock.lead_ns <= MAX_LEAD_NS
     # (a margin for the test being descheduled mid-spin on a busy machine)
     assert max(after - before for _, before, after in released) <= MAX_LEAD_NS + 5_000_000
-    # with the lead learned, some frames of the last half second were ready before they were
-    # due (about one in four: the lead is the lower quartile of the time frames take)
+    # with the lead learned, the frames of the last half second were ready before they were due
     late = [n for n, before, _ in released[-30:] if before > origin + round(n * PERIOD * 1e9)]
     assert len(late) < 30
 

@@ -29,13 +29,7 @@ from .timer import open_timer
 MAX_LEAD_NS: Final = 500_000
 """The clock never wakes more than 0.5 ms before a frame is due (nor spins longer)."""
 LEAD_SAMPLES: Final = 31
-"""Ticks the lead is learned from: the time from wake-up target to frame ready of each."""
-LEAD_RANK: Final = LEAD_SAMPLES // 4
-"""The lead is the lower quartile of those times: about one frame in four is ready early and
-waits (busy) for its due time, the others go out as soon as they are ready, a few tens of
-microseconds late. With the median, half the frames waited, and the busy wait was 12.8 % of
-the server's busy time with one idle client (2.6 % with the quartile) for a p50 latency
-that the quartile keeps below 0.1 ms all the same."""
+"""Ticks the lead is learned from: their median time from wake-up target to frame ready."""
 
 
 class FrameClock:
@@ -110,7 +104,7 @@ class FrameClock:
         ready_after = self._ready_after
         ready_after.append(now - self._target_ns)
         if len(ready_after) == LEAD_SAMPLES and self.ticks % 8 == 0:
-            self.lead_ns = min(MAX_LEAD_NS, sorted(ready_after)[LEAD_RANK])
+            self.lead_ns = min(MAX_LEAD_NS, sorted(ready_after)[LEAD_SAMPLES // 2])
         while now < due_ns:
             now = time.monotonic_ns()
 

@@ -4,8 +4,8 @@
 ``multiprocessing`` Event, which nothing can wait for asynchronously: Hypercorn's worker
 checks it ten times a second. Each check is a wake-up of the whole process, on top of the
 frame clock's sixty; on the machines this was measured on the ten cost about 0.4 % of a core
-with one idle client, more than anything the server does for that client except the frames
-themselves (``docs/benchmarks/README.md``). Blocked in a thread instead, the wait costs
+with one idle client, through the checks and everything else then running colder
+(``docs/benchmarks/README.md``). Blocked in a thread instead, the wait costs
 nothing until the Event is set, and the worker hears of it at once rather than up to 0.1 s
 later. This is the one thread the server starts, and only in that worker: the Event leaves
 no other way short of polling.

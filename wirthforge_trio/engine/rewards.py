@@ -251,8 +251,7 @@ class RewardLedger:
         """The running token total changed: pay the milestones and levels it has passed."""
         if total_tokens_all_models <= self._total_tokens:
             return []  # called every frame: nothing passed since the last call (none is at 0)
-        total = max(self._total_tokens, total_tokens_all_models)
-        self._total_tokens = total
+        total = self._total_tokens = total_tokens_all_models
         due: list[tuple[int, int, RewardRule]] = []
         for n in MILESTONES:
             rule = RULES_BY_KEY[f"milestone_{n}"]

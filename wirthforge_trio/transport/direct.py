@@ -258,7 +258,7 @@ class DirectSocket:
         forward = self._forward = ws.app_put
 
         async def app_put(message: dict[str, Any]) -> None:
-            if message.get("type") == "websocket.receive" and take(
+            if message.get("type") == _RECEIVE and take(
                 message.get("bytes") or message.get("text")
             ):
                 return
@@ -276,9 +276,8 @@ class DirectSocket:
                 texts, used = leading_texts(data, read.limit)
                 if used:
                     self.messages_read += len(texts)
-                    for text in texts:
-                        if not take(text):
-                            await forward({"type": _RECEIVE, "bytes": None, "text": text})
+                    for text in texts:  # as Hypercorn would have put them
+                        await app_put({"type": _RECEIVE, "bytes": None, "text": text})
                     if used == len(data):
                         return
                     event = RawData(data=data[used:])

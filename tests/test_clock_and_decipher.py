@@ -20,14 +20,23 @@ from wirthforge_trio.contract.events import (
     MODEL_ID_PATTERN,
     EnergyField,
     EnergyUpdate,
+    EnergyUpdatePayload,
     ErrorEvent,
+    ErrorPayload,
     Event,
     InterferenceEvent,
     ResonanceEvent,
     TokenStream,
 )
 from wirthforge_trio.engine.clock import MAX_LEAD_NS, FrameClock
-from wirthforge_trio.engine.decipher import Decipher, FrameOutput, Session, model_id_for
+from wirthforge_trio.engine.decipher import (
+    REST_INTENSITY,
+    Decipher,
+    FrameOutput,
+    Retention,
+    Session,
+    model_id_for,
+)
 from wirthforge_trio.engine.energy import PROFILES
 from wirthforge_trio.sources.base import SourceError, Token
 
@@ -461,6 +470,86 @@ def test_every_decipher_event_validates_against_published_schema(
         if "frameNumber" in message:
             frame_numbers.append(message["frameNumber"])
     assert frame_numbers == sorted(frame_numbers)
+
+
+def _wire(out: FrameOutput) -> tuple[list[str], list[str]]:
+    """The tick's messages as sent, with what differs between two runs of the same inputs
+    (wall-clock milliseconds, the tick's own processing time, random session ids) masked."""
+
+    def mask(text: str) -> str:
+        text = re.sub(r'"timestamp":\d+', '"timestamp":T', text)
+        text = re.sub(r'"processingTime":[0-9.e-]+', '"processingTime":P', text)
+        return re.sub(r"s-[0-9a-f]{16}", "s-ID", text)
+
+    return [mask(encode(e)) for e in out.frame_events], [
+        mask(encode(e)) for e in out.lossless_events
+    ]
+
+
+def test_frames_at_rest_take_the_short_path_and_say_exactly_what_the_long_one_would() -> None:
+    """Two Deciphers fed the same inputs, one without the short path at rest: idle, a council
+    of two models, the end and a long decay, an error and an embedder's frame event at rest,
+    sessions ageing out of retention. Every frame and every lossless event is the same."""
+    keep = Retention(sessions=64, events=1000, seconds=20.0)
+    short = Decipher(["demo", "alt"], PROFILES["default"], "demo", retention=keep)
+    long = Decipher(["demo", "alt"], PROFILES["default"], "demo", retention=keep)
+    long.rest_enabled = False
+    sessions: dict[int, list[Session]] = {0: [], 1: []}
+    rest_by_frame: list[bool] = []
+    extra = EnergyUpdate(
+        timestamp=1,
+        frame_number=0,
+        payload=EnergyUpdatePayload(
+            total_energy=1.0,
+            delta_energy=0.0,
+            tokens_generated=0,
+            processing_time=0.0,
+            model_id="embedder",
+        ),
+    )
+    for frame in range(1, 60 * 50):
+        now = frame * PERIOD
+        for i, d in enumerate((short, long)):
+            if frame == 30:
+                sessions[i] = [d.start_session("demo", now), d.start_session("alt", now)]
+                d.council_started(2)
+            if 30 < frame <= 150 and frame % 3 == 0:
+                for s in sessions[i]:
+                    d.on_token(s, Token(text=f" w{frame}", at=now - 0.001))
+            if frame == 150:
+                d.end_session(sessions[i][0], now)
+                d.end_session(sessions[i][1], now, SourceError("MODEL_ERROR", "boom"))
+            if frame == 2000:
+                d.report(model_error_event())
+            if frame in (2200, 2201):
+                d.report_frame_event(extra)
+        before = short.rest_frames
+        a, b = short.tick(frame, now), long.tick(frame, now)
+        assert _wire(a) == _wire(b), frame
+        # What /status and a resume's snapshot show (E to at most 6 decimals) agrees too.
+        shown = [(str(e.state), round(e.intensity, 6)) for e in short.energies.values()]
+        assert shown == [(str(e.state), round(e.intensity, 6)) for e in long.energies.values()]
+        rest_by_frame.append(short.rest_frames > before)
+    assert long.rest_frames == 0
+    assert all(rest_by_frame[1:29])  # idle from the start
+    assert not any(rest_by_frame[29:151])  # sessions live
+    dark = next(f for f in range(151, len(rest_by_frame)) if rest_by_frame[f])
+    assert all(e.intensity < REST_INTENSITY for e in long.energies.values())
+    assert 60 * 5 < dark - 150 < 60 * 30  # after the decay, not before
+    assert not rest_by_frame[1999] and not rest_by_frame[2199] and not rest_by_frame[2200]
+    assert all(rest_by_frame[2201:])
+    # Retention by age went on at rest: both sessions aged out of both Deciphers.
+    assert list(short.sessions) == [] and list(long.sessions) == []
+    assert len(short.history) == len(long.history) > 0
+
+
+def model_error_event() -> ErrorEvent:
+    return ErrorEvent(
+        timestamp=1,
+        payload=ErrorPayload(
+            severity="warning", code="MODEL_ERROR", message="at rest", component="model"
+        ),
+    )
 
 
 def test_council_analysis_is_shed_first_and_tokens_are_not() -> None:

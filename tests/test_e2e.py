@@ -60,6 +60,25 @@ async def test_frames_at_60_hz_and_heartbeats(server: RunningServer) -> None:
     assert all(50 <= h["frameRate"] <= 70 for h in heartbeats)
 
 
+async def test_an_idle_server_builds_its_frames_at_rest(server: RunningServer) -> None:
+    """Nothing generating: the frames come from the short path (``framesAtRest`` counts
+    them) and are the default model's energy_update, one per frame, as always."""
+    async with server.connect() as client, server.http() as http:
+        await client.receive_type("startup_complete")
+        before = (await http.get("/status")).json()["framesAtRest"]
+        updates = [await client.receive_type("energy_update") for _ in range(30)]
+        after = (await http.get("/status")).json()["framesAtRest"]
+    assert after - before >= 25
+    numbers = [u["frameNumber"] for u in updates]
+    assert numbers == sorted(numbers) and numbers[-1] - numbers[0] >= 29
+    for update in updates:
+        assert update["channel"] == "energy"
+        assert update["payload"]["modelId"] == "demo"
+        assert update["payload"]["tokensGenerated"] == 0
+        assert update["payload"]["deltaEnergy"] == 0.0
+        assert 0 <= update["payload"]["processingTime"] <= 16.67
+
+
 async def test_prompt_streams_the_full_demo_text(server: RunningServer) -> None:
     prompt = "Describe the glow of a local model (unique-marker-7f3a)"
     expected = DemoSource(seed=server.settings.demo_seed).text_for(prompt)

@@ -567,6 +567,7 @@ def create_app(
                 "overruns": engine.overruns,
                 "liveSessions": engine.decipher.live_sessions,
                 "analysesShed": engine.analyses_shed,
+                "framesAtRest": engine.decipher.rest_frames,
                 "models": models_view(),
                 "clients": [
                     {

@@ -42,10 +42,18 @@ IDLE_VISIBLE: Final = 0.001
 """Below this intensity a model with no open stream no longer gets energy_update frames."""
 
 
+REST_INTENSITY: Final = 5e-7
+"""Below this a model's E rounds to 0 wherever the server shows it (at most 6 decimals), so
+leaving its decay unsettled at rest changes nothing anyone can see."""
+
+REST_RETENTION_INTERVAL: Final = 1.0
+"""At rest, retention by age is applied once a second rather than on every frame."""
+
 COUNCIL_ID: Final = "council"
 """The modelId of the ensemble's energy_update and interference field (reserved)."""
 
 _FLOW_STATES: Final = frozenset({FlowState.FLOWING, FlowState.SATURATED})
+_REST_STATES: Final = frozenset({FlowState.IDLE, FlowState.DRAINED})
 
 _INVALID_ID_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
 
@@ -145,6 +153,12 @@ class Decipher:
         self._flow_since: dict[str, float] = {}
         self.council = CouncilAnalyzer()
         self.rewards = RewardLedger()
+        self.rest_enabled = True
+        """Whether frames at rest take the short path (tests compare it with the long one)."""
+        self.rest_frames = 0
+        """Frames built on the short path: nothing generating, nothing pending, all dark."""
+        self._at_rest = False
+        self._retention_due = 0.0
 
     # -- inputs -----------------------------------------------------------------------------
 
@@ -214,6 +228,8 @@ class Decipher:
         started = time.perf_counter()
         wall = _wall_ms()
         self.frame_number = frame_number
+        if self._at_rest and not (self._live or self._pending_events or self._pending_frame_events):
+            return self._rest_frame(frame_number, now, wall, started)
         lossless: list[Event] = self._token_batches(wall, now)
         lossless.extend(self._pending_events)
         self._pending_events.clear()
@@ -286,10 +302,55 @@ class Decipher:
         self._remember(frame_number, now, lossless)
         external = [attrs.evolve(e, frame_number=frame_number) for e in self._pending_frame_events]
         self._pending_frame_events.clear()
+        self._at_rest = self.rest_enabled and self._resting()
+        self._retention_due = now + REST_RETENTION_INTERVAL
         return FrameOutput(
             frame_number=frame_number,
             frame_events=tuple(updates + fields + external),
             lossless_events=tuple(lossless),
+            processing_ms=(time.perf_counter() - started) * 1000.0,
+        )
+
+    def _resting(self) -> bool:
+        """Whether the next frames, until an input arrives, can only be the default model's
+        unchanging energy_update: no session live, no stream open, no model lit or flowing,
+        no field left to fade out (the inputs that end rest are checked on every tick)."""
+        return (
+            not self._live
+            and not self._flow_since
+            and not any(self._field_sent.values())
+            and all(
+                energy.active_streams == 0
+                and energy.state in _REST_STATES
+                and energy.intensity < REST_INTENSITY
+                for energy in self.energies.values()
+            )
+        )
+
+    def _rest_frame(self, frame_number: int, now: float, wall: int, started: float) -> FrameOutput:
+        """The frame at rest: what :meth:`tick` would build, without the work that cannot
+        change it (decay below :data:`REST_INTENSITY` is settled by the next input)."""
+        self.rest_frames += 1
+        if now >= self._retention_due:
+            self._retention_due = now + REST_RETENTION_INTERVAL
+            self._remember(frame_number, now, [])
+        model_id = self.default_model
+        processing_ms = min((time.perf_counter() - started) * 1000.0, FRAME_BUDGET_MS)
+        update = EnergyUpdate(
+            timestamp=wall,
+            frame_number=frame_number,
+            payload=EnergyUpdatePayload(
+                total_energy=round(self.energies[model_id].total_eu, 6),
+                delta_energy=0.0,
+                tokens_generated=0,
+                processing_time=round(processing_ms, 4),
+                model_id=model_id,
+            ),
+        )
+        return FrameOutput(
+            frame_number=frame_number,
+            frame_events=(update,),
+            lossless_events=(),
             processing_ms=(time.perf_counter() - started) * 1000.0,
         )
 

@@ -74,7 +74,7 @@ class FrameClock:
         # tests have their own time, so they keep Trio's sleep.
         timer = None
         if not isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
-            timer = open_timer()
+            timer = open_timer(round(self.period * 1e9))
         n = 0
         task_status.started()
         try:

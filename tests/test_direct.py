@@ -344,6 +344,69 @@ async def test_messages_read_beneath_hypercorn_keep_their_order_with_the_rest(
     await raw.stream.aclose()
 
 
+async def test_after_whole_messages_the_next_bytes_are_read_beneath_hypercorn(
+    server: RunningServer,
+) -> None:
+    """Messages one write at a time: once a read held only whole small messages, the next is
+    made beneath Hypercorn's read loop. A control frame goes back to Hypercorn and the reading
+    resumes after it; with Hypercorn's read timeout in force every read stays Hypercorn's; a
+    close frame is Hypercorn's to answer."""
+    raw = await RawClient.open(server.port)
+    await raw.read_for(0.1)
+    (connection,) = connections(server)
+    direct = connection.direct
+
+    async def one_by_one(first: int, count: int) -> None:
+        for message in pings(first, count):
+            await raw.send_text(message)
+            await raw.read_for(0.02)
+
+    await one_by_one(0, 10)
+    assert direct.socket_reads >= 9
+    await raw.send_ping()
+    await raw.read_for(0.05)  # (a message in the same read as the ping would follow it)
+    await one_by_one(10, 10)
+    reads = direct.socket_reads
+    assert reads >= 18
+    direct._read.reads_here = False  # as with Hypercorn's --read-timeout
+    await one_by_one(20, 5)
+    assert direct.socket_reads <= reads + 1  # the read already waiting, then Hypercorn's
+    reads = direct.socket_reads
+    direct._read.reads_here = True
+    await one_by_one(25, 5)
+    assert direct.socket_reads > reads
+    assert [p["payload"]["i"] for p in raw.of_type("pong")] == list(range(30))
+    assert raw.pongs == 1
+    assert direct.messages_read == 30
+    await raw.stream.send_all(raw.ws.send(CloseConnection(code=1000, reason="done")))
+    with trio.fail_after(5):
+        while not any(isinstance(e, CloseConnection) for e in raw._feed(await raw._read())):
+            pass
+    await eventually(lambda: not connections(server))
+    await raw.stream.aclose()
+
+
+async def test_a_client_gone_while_read_beneath_hypercorn_is_noticed_at_once(
+    server: RunningServer,
+) -> None:
+    """The end of the stream found beneath Hypercorn's read loop is left for Hypercorn to
+    read: the connection ends as it always did, and a new one is served as usual."""
+    raw = await RawClient.open(server.port)
+    await raw.read_for(0.1)
+    (connection,) = connections(server)
+    for message in pings(0, 3):
+        await raw.send_text(message)
+        await raw.read_for(0.02)
+    assert connection.direct.socket_reads >= 2
+    await raw.stream.aclose()  # no close frame
+    await eventually(lambda: not connections(server))
+    again = await RawClient.open(server.port)
+    await again.send_text(pings(0, 1)[0])
+    await again.read_for(0.2)
+    assert len(again.of_type("pong")) == 1
+    await again.stream.aclose()
+
+
 async def test_invalid_utf8_is_left_to_hypercorn_which_ends_the_connection(
     server: RunningServer,
 ) -> None:

@@ -24,6 +24,12 @@ directly (``leading_texts``) instead of through Hypercorn's h11 and WebSocket la
 wsproto's parser: 50-70 µs less per message on a machine where they run cold.
 Anything else (a control frame, a fragment, a longer or invalid message, a frame cut across
 two reads) goes to Hypercorn as it came, from a frame boundary.
+
+When all the bytes read were taken that way, the next bytes are read right there, beneath
+Hypercorn's read loop: a wait for the socket and one ``recv``, instead of Hypercorn's timeout
+scope and Trio's stream and socket layers (about 40 µs less per client message, measured
+warm). Whatever is not a whole small message, the end of the stream, an error or a closed
+socket returns the reading to Hypercorn, which then reads (or meets) it itself.
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ _FIN_TEXT = 0x81
 _RECEIVE = "websocket.receive"
 _MASKED = 0x80
 """Second byte's mask bit: set in every frame a client sends (RFC 6455 §5.3)."""
+_MAX_READ = 65536
+"""Bytes asked for by one read, as many as Hypercorn asks for."""
 SMALL_PAYLOAD = 125
 """The longest payload whose length fits the frame's second byte (no extended length)."""
 
@@ -119,7 +127,16 @@ class _ReadState:
     """The parsers a client message passes through in Hypercorn's reading task, each checked
     by type, so that :meth:`between_messages` can tell when none of them holds a part of one."""
 
-    __slots__ = ("frames", "frames_buffer", "h11", "limit", "messages", "wrapper", "ws")
+    __slots__ = (
+        "frames",
+        "frames_buffer",
+        "h11",
+        "limit",
+        "messages",
+        "reads_here",
+        "wrapper",
+        "ws",
+    )
 
     ws: Any
     wrapper: Any
@@ -131,6 +148,7 @@ class _ReadState:
         frames = getattr(proto, "_frame_decoder", None)
         messages = getattr(proto, "_message_decoder", None)
         limit = getattr(getattr(ws_stream, "buffer", None), "max_length", None)
+        config = getattr(tcp_server, "config", None)
         if not (
             isinstance(wrapper, ProtocolWrapper)
             and isinstance(wrapper.protocol, H11Protocol)
@@ -142,6 +160,7 @@ class _ReadState:
             and isinstance(frames.buffer, Buffer)
             and isinstance(messages, MessageDecoder)
             and isinstance(limit, int)
+            and hasattr(config, "read_timeout")
         ):
             raise LookupError("not the Hypercorn and wsproto this was written for")
         self.wrapper = wrapper
@@ -151,6 +170,9 @@ class _ReadState:
         self.frames_buffer = frames.buffer
         self.messages = messages
         self.limit = min(SMALL_PAYLOAD, limit)
+        self.reads_here = getattr(config, "read_timeout", 0) is None
+        """Whether the next bytes may be read here (Hypercorn's read timeout is not in force;
+        with one, every read stays Hypercorn's)."""
 
     def between_messages(self) -> bool:
         """Whether the WebSocket is open and no parser holds part of a frame or a message:
@@ -186,6 +208,7 @@ class DirectSocket:
         "messages_written",
         "on_cut_short",
         "shares_framing",
+        "socket_reads",
         "writes_cut_short",
     )
 
@@ -216,6 +239,8 @@ class DirectSocket:
         self.messages_written = 0
         self.messages_read = 0
         """Client messages parsed from the bytes read, beneath Hypercorn's layers."""
+        self.socket_reads = 0
+        """Reads from the socket made here rather than by Hypercorn's read loop."""
         self.writes_cut_short = 0
 
     @classmethod
@@ -270,20 +295,48 @@ class DirectSocket:
             return
         parse = read.wrapper.handle  # Hypercorn's: h11, its WebSocket stream, wsproto
 
+        wrapper = read.wrapper
+        sock = self._socket
+
+        async def read_more() -> bytes | None:
+            """The next bytes from the socket, or None to leave the reading to Hypercorn
+            (the end of the stream, an error, a closed socket, or inline reading stopped)."""
+            while vars(wrapper).get("handle") is handle:
+                try:
+                    await trio.lowlevel.wait_readable(sock)
+                    data = os.read(sock.fileno(), _MAX_READ)
+                    self.socket_reads += 1
+                except BlockingIOError:
+                    continue
+                except (OSError, trio.ClosedResourceError, trio.BusyResourceError):
+                    return None
+                return data or None  # at the end, Hypercorn reads the end itself
+            return None
+
         async def handle(event: Any) -> None:
-            if type(event) is RawData and read.between_messages():
+            while type(event) is RawData and read.between_messages():
                 data = event.data
                 texts, used = leading_texts(data, read.limit)
-                if used:
-                    self.messages_read += len(texts)
-                    for text in texts:  # as Hypercorn would have put them
-                        await app_put({"type": _RECEIVE, "bytes": None, "text": text})
-                    if used == len(data):
-                        return
+                if not used:
+                    break
+                self.messages_read += len(texts)
+                for text in texts:  # as Hypercorn would have put them
+                    await app_put({"type": _RECEIVE, "bytes": None, "text": text})
+                if used < len(data):
                     event = RawData(data=data[used:])
+                    break
+                if not read.reads_here:
+                    return
+                more = await read_more()
+                if more is None:
+                    return
+                if vars(wrapper).get("handle") is not handle:  # stopped while waiting
+                    await parse(RawData(data=more))
+                    return
+                event = RawData(data=more)
             await parse(event)
 
-        read.wrapper.handle = handle
+        wrapper.handle = handle
 
     def stop_receiving_inline(self) -> None:
         """Every message goes the ASGI way again, and Hypercorn's objects no longer refer to

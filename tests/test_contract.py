@@ -10,6 +10,8 @@ from typing import Any
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wirthforge_trio.contract import codec, schema
 from wirthforge_trio.contract.events import (
@@ -1056,6 +1058,58 @@ def test_randomly_built_events_encode_to_valid_messages(
 def test_decodes_valid_client_messages(text: str, expected: Any) -> None:
     assert codec.decode_client_message(text) == expected
     assert codec.decode_client_message(text.encode()) == expected
+
+
+_NUMBERS = st.one_of(
+    st.integers(min_value=-3, max_value=2**70),
+    st.booleans(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([0.0, 7.0, -1.0]),
+    st.none(),
+    st.text(max_size=3),
+)
+_HEARTBEAT_LIKE = st.one_of(
+    # the plain shape, with every kind of number
+    st.builds(
+        lambda kind, sequence: {"type": kind, "payload": {"sequence": sequence}},
+        st.sampled_from(["heartbeat_response", "heartbeat_response", "ping"]),
+        _NUMBERS,
+    ),
+    # and shapes near it
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["heartbeat_response", "ping", "heartbeat"])},
+        optional={
+            "payload": st.one_of(
+                st.dictionaries(
+                    st.sampled_from(["sequence", "clientTime", "x"]), _NUMBERS, max_size=3
+                ),
+                _NUMBERS,
+            ),
+            "timestamp": _NUMBERS,
+            "extra": _NUMBERS,
+        },
+    ),
+)
+
+
+@settings(max_examples=400)
+@given(_HEARTBEAT_LIKE)
+def test_the_plain_heartbeat_answer_decodes_as_the_schema_and_cattrs_decode_it(
+    obj: dict[str, Any],
+) -> None:
+    """The shortcut for ``{"type": "heartbeat_response", "payload": {"sequence": n}}`` gives
+    what the full check gives, and takes nothing the full check would refuse."""
+    text = json.dumps(obj)
+    try:
+        full: Any = codec._checked(json.loads(text), text)
+    except codec.ClientMessageError as exc:
+        full = (exc.code, exc.message)
+    try:
+        got: Any = codec.decode_client_message(text)
+    except codec.ClientMessageError as exc:
+        got = (exc.code, exc.message)
+    assert got == full
+    assert type(got) is type(full)
 
 
 @pytest.mark.parametrize(

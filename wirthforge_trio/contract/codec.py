@@ -18,7 +18,15 @@ import jsonschema
 import orjson
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
-from .events import CLIENT_MESSAGES_BY_TYPE, EVENTS_BY_TYPE, ClientMessage, Event, FrameEvent
+from .events import (
+    CLIENT_MESSAGES_BY_TYPE,
+    EVENTS_BY_TYPE,
+    ClientMessage,
+    Event,
+    FrameEvent,
+    HeartbeatResponse,
+    HeartbeatResponsePayload,
+)
 from .schema import client_message_schema, to_camel
 
 
@@ -181,6 +189,29 @@ def decode_client_message(data: str | bytes) -> ClientMessage:
             "INVALID_MESSAGE",
             f"message must be a JSON object with a 'type', got {type(obj).__name__}",
         )
+    answer = _plain_heartbeat_response(obj)
+    if answer is not None:
+        return answer
+    return _checked(obj, data)
+
+
+def _plain_heartbeat_response(obj: dict[str, Any]) -> HeartbeatResponse | None:
+    """``{"type": "heartbeat_response", "payload": {"sequence": n}}``, what every client sends
+    every second, built at once: the schema check and cattrs would take it unchanged. Any
+    other shape (another field, a number that is not a plain int) is left to them."""
+    if len(obj) != 2 or obj.get("type") != "heartbeat_response":
+        return None
+    payload = obj.get("payload")
+    if type(payload) is not dict or len(payload) != 1:
+        return None
+    sequence = payload.get("sequence")
+    if type(sequence) is not int or sequence < 0:
+        return None
+    return HeartbeatResponse(payload=HeartbeatResponsePayload(sequence=sequence))
+
+
+def _checked(obj: dict[str, Any], data: str | bytes) -> ClientMessage:
+    """A parsed client message checked against its type's schema and structured."""
     if _opening_brackets(data) > MAX_CLIENT_DEPTH and _deeper_than(obj, MAX_CLIENT_DEPTH):
         raise ClientMessageError(
             "INVALID_MESSAGE",

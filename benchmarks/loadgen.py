@@ -6,7 +6,9 @@ JSON lines (stdout out, stdin in):
 1. it connects its clients (hand-made upgrade handshakes, a bounded number in flight) and
    prints ``{"event": "connected", ...}``;
 2. it answers every ``heartbeat`` with a ``heartbeat_response`` (so the server keeps it alive),
-   the pinging client sends ``ping`` at a steady rate, and it waits for the measurement window
+   the pinging client sends ``ping`` at a steady mean rate (each interval drawn between half
+   and one and a half of the mean, so the pings' phase against the frame clock varies), and
+   it waits for the measurement window
    on stdin: ``{"start_ns": ..., "end_ns": ...}`` (``time.monotonic_ns()``, CLOCK_MONOTONIC,
    shared by every process of the machine);
 3. ``grace`` seconds after the window it prints ``{"event": "result", ...}`` and exits. It also
@@ -26,6 +28,7 @@ import errno
 import fcntl
 import json
 import os
+import random
 import resource
 import select
 import socket
@@ -155,6 +158,9 @@ class LoadGenerator:
         self.origin_ns: int = config["origin_ns"]
         self.period: float = 1e9 / float(config.get("rate", 60.0))
         self.ping_interval_ns = int(1e9 / config["ping_hz"]) if config.get("ping_hz", 0) > 0 else 0
+        # A fixed interval that is a whole number of frames (100 ms: six) would keep the pings
+        # at one phase against the frame clock for a whole run; seeded, so runs compare.
+        self.ping_jitter = random.Random(config.get("seed", 6003))
         self.connect_timeout_ns = int(config.get("connect_timeout", 30.0) * 1e9)
         self.attempt_timeout_ns = int(config.get("attempt_timeout", 5.0) * 1e9)
         self.max_in_flight: int = config.get("max_in_flight", 32)
@@ -592,7 +598,7 @@ class LoadGenerator:
                             b'{"type":"ping","payload":{"i":%d,"t":%d}}' % (self.pings_sent, t)
                         ),
                     )
-                    self.next_ping += self.ping_interval_ns
+                    self.next_ping += int(self.ping_interval_ns * (0.5 + self.ping_jitter.random()))
                     if self.next_ping < now:
                         self.next_ping = now + self.ping_interval_ns
                 if self.regenerate and now - self.last_prompt > 30e9:

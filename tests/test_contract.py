@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -1101,7 +1102,7 @@ def test_the_plain_heartbeat_answer_decodes_as_the_schema_and_cattrs_decode_it(
     what the full check gives, and takes nothing the full check would refuse."""
     text = json.dumps(obj)
     try:
-        full: Any = codec._checked(json.loads(text), text)
+        full: Any = codec._checked(orjson.loads(text), text)  # the parser decode uses
     except codec.ClientMessageError as exc:
         full = (exc.code, exc.message)
     try:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import random
 import string
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -28,7 +30,7 @@ from wsproto.events import (
 )
 from wsproto.extensions import PerMessageDeflate
 
-from wirthforge_trio.transport.direct import leading_texts, text_frame
+from wirthforge_trio.transport.direct import DirectSocket, leading_texts, text_frame
 
 from .conftest import RunningServer, check_message, start_server, test_settings
 from .test_client import eventually
@@ -179,8 +181,47 @@ class RawClient:
         return [m for m in self.texts if m["type"] == type_]
 
 
+@pytest.fixture(autouse=True)
+def switch_checked(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """On every direct write of every test here: where the socket's state is followed, the
+    one-attribute switch says what the full look at the state says."""
+    write_now = DirectSocket.write_now
+    checked = [0]
+
+    def checking(self: DirectSocket, texts: Any, framed: Any) -> bool:
+        if self._followed:
+            assert self.open_and_free == self.state_allows_writes()
+            checked[0] += 1
+        return write_now(self, texts, framed)
+
+    monkeypatch.setattr(DirectSocket, "write_now", checking)
+    yield checked
+
+
 def connections(server: RunningServer) -> list[Any]:
     return list(server.app.wirthforge.hub)
+
+
+@asynccontextmanager
+async def switch_watched(server: RunningServer) -> AsyncIterator[list[int]]:
+    """Between every two task steps while the block runs: where a connection's socket state
+    is followed, the switch agrees with the full look at the state (how often it was
+    checked is counted)."""
+    seen = [0]
+
+    async def watch() -> None:
+        while True:
+            for connection in connections(server):
+                direct = connection.direct
+                if direct is not None and direct._followed:
+                    assert direct.open_and_free == direct.state_allows_writes()
+                    seen[0] += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        yield seen
+        nursery.cancel_scope.cancel()
 
 
 async def test_frames_go_out_directly_framed_once_or_per_deflate_connection(
@@ -237,14 +278,9 @@ async def test_a_write_cut_short_is_finished_before_anything_else(
     (connection,) = connections(server)
     assert connection.direct.shares_framing is not deflate
     # A reply larger than both sockets' buffers, alone: the socket takes part of it.
-    await raw.send_text({"type": "ping", "payload": {"i": 0, "blob": blob}})
-    await eventually(lambda: connection.direct.writes_cut_short > 0)
-    assert connection.direct.pending
-    for i in range(1, 8):  # more replies, and pings that Hypercorn answers itself
-        await raw.send_text({"type": "ping", "payload": {"i": i, "blob": blob}})
-        await raw.send_ping()
-        await trio.sleep(0.05)
-    await raw.read_for(2.0)
+    async with switch_watched(server) as seen:
+        await cut_short_then_read(raw, connection, blob)
+    assert seen[0] > 0 or deflate
     pongs = raw.of_type("pong")
     assert [p["payload"]["i"] for p in pongs] == list(range(8))
     assert all(p["payload"]["blob"] == blob for p in pongs)
@@ -252,7 +288,21 @@ async def test_a_write_cut_short_is_finished_before_anything_else(
     frames = [m["frameNumber"] for m in raw.of_type("energy_update")[before:]]
     assert frames == sorted(set(frames)) and len(frames) > 30
     assert not connection.direct.pending
+    # Followed where Hypercorn's parsers are (not with deflate), and free again.
+    assert connection.direct.open_and_free is not deflate
     await raw.stream.aclose()
+
+
+async def cut_short_then_read(raw: RawClient, connection: Any, blob: str) -> None:
+    await raw.send_text({"type": "ping", "payload": {"i": 0, "blob": blob}})
+    await eventually(lambda: connection.direct.writes_cut_short > 0)
+    assert connection.direct.pending
+    assert not connection.direct.open_and_free  # the socket is reserved for the rest
+    for i in range(1, 8):  # more replies, and pings that Hypercorn answers itself
+        await raw.send_text({"type": "ping", "payload": {"i": i, "blob": blob}})
+        await raw.send_ping()
+        await trio.sleep(0.05)
+    await raw.read_for(2.0)
 
 
 def pings(first: int, count: int) -> list[dict[str, Any]]:
@@ -378,10 +428,12 @@ async def test_after_whole_messages_the_next_bytes_are_read_beneath_hypercorn(
     assert [p["payload"]["i"] for p in raw.of_type("pong")] == list(range(30))
     assert raw.pongs == 1
     assert direct.messages_read == 30
+    assert direct.open_and_free
     await raw.stream.send_all(raw.ws.send(CloseConnection(code=1000, reason="done")))
     with trio.fail_after(5):
         while not any(isinstance(e, CloseConnection) for e in raw._feed(await raw._read())):
             pass
+    assert not direct.open_and_free  # closed: no frame goes out after the close
     await eventually(lambda: not connections(server))
     await raw.stream.aclose()
 
@@ -398,13 +450,59 @@ async def test_a_client_gone_while_read_beneath_hypercorn_is_noticed_at_once(
         await raw.send_text(message)
         await raw.read_for(0.02)
     assert connection.direct.socket_reads >= 2
-    await raw.stream.aclose()  # no close frame
-    await eventually(lambda: not connections(server))
+    async with switch_watched(server) as seen:
+        await raw.stream.aclose()  # no close frame
+        await eventually(lambda: not connections(server))
+    assert seen[0] > 0
     again = await RawClient.open(server.port)
     await again.send_text(pings(0, 1)[0])
     await again.read_for(0.2)
     assert len(again.of_type("pong")) == 1
     await again.stream.aclose()
+
+
+async def test_a_close_from_the_server_turns_the_direct_switch_off_first(
+    server: RunningServer,
+) -> None:
+    """The connection closes (here: the server stops): once its close frame is on its way,
+    the direct switch is off, and nothing follows the close frame on the wire."""
+    raw = await RawClient.open(server.port)
+    await raw.read_for(0.1)
+    (connection,) = connections(server)
+    assert connection.direct.open_and_free
+    events: list[Any] = []
+    async with switch_watched(server) as seen:
+        server.stop.set()
+        with trio.fail_after(5):
+            while data := await raw.stream.receive_some(65536):
+                events.extend(raw._feed(data))
+    assert seen[0] > 0
+    assert not connection.direct.open_and_free
+    kinds = [type(e) for e in events]
+    assert CloseConnection in kinds
+    assert kinds.index(CloseConnection) == len(kinds) - 1  # the close came last
+    await raw.stream.aclose()
+
+
+async def test_after_the_clients_close_no_frame_follows_the_servers(
+    server: RunningServer, switch_checked: list[int]
+) -> None:
+    """The client closes while frames flow: Hypercorn answers with its close, and no frame
+    (written directly by the frame clock) follows that close on the wire."""
+    async with switch_watched(server) as seen:
+        for _ in range(3):
+            raw = await RawClient.open(server.port)
+            await raw.read_for(0.05)
+            await raw.stream.send_all(raw.ws.send(CloseConnection(code=1000, reason="bye")))
+            kinds: list[type] = []
+            with trio.fail_after(5):
+                while data := await raw.stream.receive_some(65536):
+                    kinds.extend(type(e) for e in raw._feed(data))
+            assert kinds[-1] is CloseConnection and kinds.count(CloseConnection) == 1
+            await raw.stream.aclose()
+            await eventually(lambda: not connections(server))
+    assert switch_checked[0] > 3
+    assert seen[0] > 100
 
 
 async def test_invalid_utf8_is_left_to_hypercorn_which_ends_the_connection(

@@ -192,12 +192,51 @@ class _ReadState:
         )
 
 
+class _SendLock:
+    """Hypercorn's send lock for one connection, in place of its ``trio.Lock`` (Hypercorn only
+    uses ``async with``): a semaphore of one, so that a task other than the one that took it
+    may release it (the rest of a write cut short), which also keeps its owner's
+    :attr:`DirectSocket.open_and_free` up to date. The switch goes off before the lock is
+    waited for, so no other task sees it on while a send is on its way."""
+
+    __slots__ = ("_owner", "_semaphore")
+
+    def __init__(self, owner: DirectSocket) -> None:
+        self._owner = owner
+        self._semaphore = trio.Semaphore(1, max_value=1)
+
+    @property
+    def free(self) -> bool:
+        return self._semaphore.value == 1
+
+    async def __aenter__(self) -> None:
+        self._owner.open_and_free = False
+        try:
+            await self._semaphore.acquire()
+        except BaseException:
+            self._owner.refresh()
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._semaphore.release()
+        self._owner.refresh()
+
+    def acquire_nowait(self) -> None:
+        self._semaphore.acquire_nowait()
+        self._owner.open_and_free = False
+
+    def release(self) -> None:
+        self._semaphore.release()
+        self._owner.refresh()
+
+
 class DirectSocket:
     """The socket of one WebSocket, for whole messages written without awaiting."""
 
     # Read for every client on every frame: slots keep the lookups short and the object small.
     __slots__ = (
         "_connection",
+        "_followed",
         "_forward",
         "_lock",
         "_pending",
@@ -207,6 +246,7 @@ class DirectSocket:
         "messages_read",
         "messages_written",
         "on_cut_short",
+        "open_and_free",
         "shares_framing",
         "socket_reads",
         "writes_cut_short",
@@ -216,13 +256,19 @@ class DirectSocket:
         self,
         ws_stream: Any,
         socket_: trio.socket.SocketType,
-        lock: trio.Semaphore,
         read_state: _ReadState | None = None,
     ):
         self._ws_stream = ws_stream
         self._connection = ws_stream.connection
         self._socket = socket_
-        self._lock = lock
+        self._lock = _SendLock(self)
+        """The socket's send lock, shared with Hypercorn (``attach`` installs it)."""
+        self.open_and_free = False
+        """Whether nothing is being sent on the socket and the WebSocket is open in
+        Hypercorn's eyes and in wsproto's: read for every client on every frame, in place of
+        four objects' state. Kept only while every change of that state passes
+        :meth:`refresh` (see :meth:`receive_inline`); False otherwise."""
+        self._followed = False
         # Without extensions a server's frame is the same bytes for every connection, so a
         # frame's messages are framed once for all (``text_frame``). With permessage-deflate
         # each connection compresses with its own context: wsproto frames them.
@@ -265,9 +311,24 @@ class DirectSocket:
             read_state: _ReadState | None = _ReadState(ws_stream, tcp_server)
         except LookupError:
             read_state = None  # messages are still taken inline, after Hypercorn parsed them
-        semaphore = trio.Semaphore(1, max_value=1)
-        tcp_server.send_lock = semaphore
-        return cls(ws_stream, stream.socket, semaphore, read_state)
+        direct = cls(ws_stream, stream.socket, read_state)
+        tcp_server.send_lock = direct._lock
+        return direct
+
+    def state_allows_writes(self) -> bool:
+        """Nothing is being sent on the socket (also while the rest of a cut-short write
+        waits) and the WebSocket is open in Hypercorn's eyes and in wsproto's."""
+        ws = self._ws_stream
+        return (
+            self._lock.free
+            and not ws.closed
+            and ws.state is _CONNECTED
+            and self._connection.state is _OPEN
+        )
+
+    def refresh(self) -> None:
+        """Work out :attr:`open_and_free` again, after a change that may have touched it."""
+        self.open_and_free = self._followed and self.state_allows_writes()
 
     def receive_inline(self, take: Callable[[str | bytes | None], bool]) -> None:
         """Offer each complete client message to ``take`` in Hypercorn's reading task, before
@@ -334,9 +395,21 @@ class DirectSocket:
                     await parse(RawData(data=more))
                     return
                 event = RawData(data=more)
-            await parse(event)
+            # Hypercorn's parsers may close the WebSocket, or send (a pong, a close) and
+            # yield on the way: until they are done, writes check the state itself.
+            self._followed = self.open_and_free = False
+            try:
+                await parse(event)
+            finally:
+                if vars(wrapper).get("handle") is handle:
+                    self._followed = True
+                    self.refresh()
 
         wrapper.handle = handle
+        # Every change of the socket's state now passes refresh(): sends through the lock,
+        # and whatever the client's bytes do through Hypercorn's parsers, in ``handle``.
+        self._followed = True
+        self.refresh()
 
     def stop_receiving_inline(self) -> None:
         """Every message goes the ASGI way again, and Hypercorn's objects no longer refer to
@@ -347,6 +420,7 @@ class DirectSocket:
             self._forward = None
             if self._read is not None:
                 vars(self._read.wrapper).pop("handle", None)
+                self._followed = self.open_and_free = False
 
     @property
     def pending(self) -> bool:
@@ -363,13 +437,7 @@ class DirectSocket:
         written and the caller should queue them for the ordinary path: the socket is busy or
         full (and the framing shared, so nothing has been committed), or broken (then the
         ordinary path meets the error and closes the connection as it always does)."""
-        ws = self._ws_stream
-        if (
-            self._lock.value != 1  # also taken while the rest of a cut-short write waits
-            or ws.closed
-            or ws.state is not _CONNECTED
-            or self._connection.state is not _OPEN
-        ):
+        if not self.open_and_free and (self._followed or not self.state_allows_writes()):
             return False
         fd = self._socket.fileno()
         if fd < 0:

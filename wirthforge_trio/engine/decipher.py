@@ -286,17 +286,7 @@ class Decipher:
         if council:  # the ensemble as one more row: the council's summed energy
             rows.append((COUNCIL_ID, sum(t for _, t, _ in rows), sum(c for _, _, c in rows)))
         updates: list[FrameEvent] = [
-            EnergyUpdate(
-                timestamp=wall,
-                frame_number=frame_number,
-                payload=EnergyUpdatePayload(
-                    total_energy=round(total, 6),
-                    delta_energy=round(tokens * EU_PER_TOKEN, 6),
-                    tokens_generated=tokens,
-                    processing_time=round(processing_ms, 4),
-                    model_id=model_id,
-                ),
-            )
+            _energy_update(model_id, total, tokens, processing_ms, frame_number, wall)
             for model_id, total, tokens in rows
         ]
         self._remember(frame_number, now, lossless)
@@ -336,20 +326,10 @@ class Decipher:
             self._remember(frame_number, now, [])
         model_id = self.default_model
         processing_ms = min((time.perf_counter() - started) * 1000.0, FRAME_BUDGET_MS)
-        update = EnergyUpdate(
-            timestamp=wall,
-            frame_number=frame_number,
-            payload=EnergyUpdatePayload(
-                total_energy=round(self.energies[model_id].total_eu, 6),
-                delta_energy=0.0,
-                tokens_generated=0,
-                processing_time=round(processing_ms, 4),
-                model_id=model_id,
-            ),
-        )
+        total = self.energies[model_id].total_eu
         return FrameOutput(
             frame_number=frame_number,
-            frame_events=(update,),
+            frame_events=(_energy_update(model_id, total, 0, processing_ms, frame_number, wall),),
             lossless_events=(),
             processing_ms=(time.perf_counter() - started) * 1000.0,
         )
@@ -489,6 +469,23 @@ def model_error(
             component="model",
             details=dict(details or {"modelId": model_id}),
             recoverable=True,
+        ),
+    )
+
+
+def _energy_update(
+    model_id: str, total: float, tokens: int, processing_ms: float, frame_number: int, wall: int
+) -> EnergyUpdate:
+    """One model's energy_update: its total and this frame's tokens, as the wire rounds them."""
+    return EnergyUpdate(
+        timestamp=wall,
+        frame_number=frame_number,
+        payload=EnergyUpdatePayload(
+            total_energy=round(total, 6),
+            delta_energy=round(tokens * EU_PER_TOKEN, 6),
+            tokens_generated=tokens,
+            processing_time=round(processing_ms, 4),
+            model_id=model_id,
         ),
     )
 

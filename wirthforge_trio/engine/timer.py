@@ -55,7 +55,7 @@ def _ctypes_timerfd() -> tuple[int, _Arm] | None:
     if fd < 0:
         return None
 
-    # One spec, filled in place for every call: the clock arms the timer 60 times a second.
+    # One spec, filled in place for every call (no allocation when the clock re-arms it).
     spec = _Itimerspec()
     value = spec.it_value
     interval = spec.it_interval

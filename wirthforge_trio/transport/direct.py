@@ -356,15 +356,18 @@ class DirectSocket:
         read = self._read
         if read is None:
             return
-        parse = read.wrapper.handle  # Hypercorn's: h11, its WebSocket stream, wsproto
-
         wrapper = read.wrapper
+        parse = wrapper.handle  # Hypercorn's: h11, its WebSocket stream, wsproto
         sock = self._socket
+
+        def hooked() -> bool:
+            """Whether ``handle`` still stands in for Hypercorn's (not stopped)."""
+            return vars(wrapper).get("handle") is handle
 
         async def read_more() -> bytes | None:
             """The next bytes from the socket, or None to leave the reading to Hypercorn
             (the end of the stream, an error, a closed socket, or inline reading stopped)."""
-            while vars(wrapper).get("handle") is handle:
+            while hooked():
                 try:
                     await trio.lowlevel.wait_readable(sock)
                     data = os.read(sock.fileno(), _MAX_READ)
@@ -393,7 +396,7 @@ class DirectSocket:
                 more = await read_more()
                 if more is None:
                     return
-                if vars(wrapper).get("handle") is not handle:  # stopped while waiting
+                if not hooked():  # stopped while waiting
                     await parse(RawData(data=more))
                     return
                 event = RawData(data=more)
@@ -403,7 +406,7 @@ class DirectSocket:
             try:
                 await parse(event)
             finally:
-                if vars(wrapper).get("handle") is handle:
+                if hooked():
                     self._followed = True
                     self.refresh()
 

@@ -55,6 +55,7 @@ from wirthforge_trio.contract.events import (
     FieldPoint,
     FrameEvent,
 )
+from wirthforge_trio.engine.decipher import energy_update
 
 KIND_UPDATE: Final = 1
 KIND_FIELD: Final = 2
@@ -234,17 +235,7 @@ def ws_header(length: int) -> int:
 def _update(
     frame: int, ts: int, model_id: str, total: float, tokens: int, proc: float
 ) -> EnergyUpdate:
-    return EnergyUpdate(
-        timestamp=ts,
-        frame_number=frame,
-        payload=EnergyUpdatePayload(
-            total_energy=round(total, 6),
-            delta_energy=round(tokens * 0.1, 6),
-            tokens_generated=tokens,
-            processing_time=round(proc, 4),
-            model_id=model_id,
-        ),
-    )
+    return energy_update(model_id, total, tokens, proc, frame, ts)
 
 
 def _field(

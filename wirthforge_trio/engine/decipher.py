@@ -286,7 +286,7 @@ class Decipher:
         if council:  # the ensemble as one more row: the council's summed energy
             rows.append((COUNCIL_ID, sum(t for _, t, _ in rows), sum(c for _, _, c in rows)))
         updates: list[FrameEvent] = [
-            _energy_update(model_id, total, tokens, processing_ms, frame_number, wall)
+            energy_update(model_id, total, tokens, processing_ms, frame_number, wall)
             for model_id, total, tokens in rows
         ]
         self._remember(frame_number, now, lossless)
@@ -329,7 +329,7 @@ class Decipher:
         total = self.energies[model_id].total_eu
         return FrameOutput(
             frame_number=frame_number,
-            frame_events=(_energy_update(model_id, total, 0, processing_ms, frame_number, wall),),
+            frame_events=(energy_update(model_id, total, 0, processing_ms, frame_number, wall),),
             lossless_events=(),
             processing_ms=(time.perf_counter() - started) * 1000.0,
         )
@@ -473,10 +473,11 @@ def model_error(
     )
 
 
-def _energy_update(
+def energy_update(
     model_id: str, total: float, tokens: int, processing_ms: float, frame_number: int, wall: int
 ) -> EnergyUpdate:
-    """One model's energy_update: its total and this frame's tokens, as the wire rounds them."""
+    """One model's energy_update: its total and this frame's tokens, as the wire rounds them
+    (the engine's frames, and the benchmarks' representative ones)."""
     return EnergyUpdate(
         timestamp=wall,
         frame_number=frame_number,

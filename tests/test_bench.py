@@ -18,7 +18,7 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 from wsproto.frame_protocol import FrameProtocol
 
-from benchmarks import run, suite
+from benchmarks import run, suite, wake_floor
 from benchmarks.peers import common
 from benchmarks.wsframes import (
     OP_CLOSE,
@@ -328,3 +328,31 @@ def test_markdown_and_plots(bench_out: Path) -> None:
         assert len(data) > 1000
     assert not (bench_out / "results.json.tmp").exists()
     assert os.sched_getaffinity(0)  # the runner gave this process its CPUs back
+
+
+# -- the wake-up floor -------------------------------------------------------------------------
+
+
+def test_floor_answers_every_whole_ping_once() -> None:
+    pings = wake_floor._Pings()
+    ping, response = wake_floor.PING, wake_floor.RESPONSE
+    assert pings.answers(ping + response + ping) == wake_floor.PONG * 2
+    assert pings.answers(response) == b""
+    assert pings.answers(ping[:7]) == b""  # a ping cut in two by the reads
+    assert pings.answers(ping[7:] + ping[:3]) == wake_floor.PONG
+    assert pings.answers(ping[3:]) == wake_floor.PONG
+    assert pings.answers(b"") == b""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timerfd, /proc, affinity")
+@pytest.mark.parametrize("mode", wake_floor.CLIENT_MODES)
+def test_floor_loops_serve_their_client(mode: str) -> None:
+    cpu = min(os.sched_getaffinity(0))
+    floor = wake_floor.measure(mode, 0.3, cpu)
+    assert floor.percent > 0.0
+    assert floor.received is not None
+    # The loops run 2.3 s: about 138 frames, 2 heartbeats and 23 pings answered. Only that
+    # they were served is checked here, not how punctually.
+    assert floor.received["frames"] > 60
+    assert floor.received["heartbeats"] >= 1
+    assert floor.received["pongs"] > 10

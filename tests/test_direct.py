@@ -505,22 +505,62 @@ async def test_after_the_clients_close_no_frame_follows_the_servers(
     assert seen[0] > 100
 
 
-async def test_invalid_utf8_is_left_to_hypercorn_which_ends_the_connection(
-    server: RunningServer,
+async def test_invalid_utf8_is_answered_with_a_close_frame_naming_it(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A text frame that is not UTF-8 is not parsed from the bytes: it goes to wsproto, whose
-    parse failure Hypercorn answers by closing the connection (without a close frame, as it
-    always has); the messages before it are answered first."""
+    """A text frame that is not UTF-8 is not parsed from the bytes: it goes to wsproto, and
+    the connection is failed as RFC 6455 asks, with a close frame (1007 and the reason)
+    rather than a bare end of the TCP stream; the messages before it are answered first."""
     raw = await RawClient.open(server.port)
     await raw.read_for(0.1)
     (connection,) = connections(server)
+    wsproto_connection = connection.direct._connection
+    assert "events" in vars(wsproto_connection)  # answering parse faults
     bad = bytes((0x81, 0x82, 1, 2, 3, 4)) + bytes((0xC3 ^ 1, 0x28 ^ 2))
     await raw.stream.send_all(
         b"".join(raw.ws.send(TextMessage(data=json.dumps(m))) for m in pings(0, 2)) + bad
     )
+    closes: list[CloseConnection] = []
     with trio.fail_after(5):
         while data := await raw.stream.receive_some(65536):
-            raw._feed(data)
+            closes.extend(e for e in raw._feed(data) if isinstance(e, CloseConnection))
     assert [p["payload"]["i"] for p in raw.of_type("pong")] == [0, 1]
     assert connection.direct.messages_read == 2
+    assert [c.code for c in closes] == [1007]
+    assert "utf-8" in (closes[0].reason or "").lower()
     await raw.stream.aclose()
+    await eventually(lambda: not connections(server))
+    assert connection.close_code == 1007
+    assert "events" not in vars(wsproto_connection)  # no longer refers to the connection
+    assert any(
+        "cannot be parsed" in r.getMessage() and connection.id in r.getMessage()
+        for r in caplog.records
+    )
+
+
+@pytest.mark.parametrize(
+    ("frame", "words"),
+    [
+        (bytes((0x81, 0x02)) + b"hi", "mask"),  # a client frame must be masked
+        (bytes((0xC1, 0x82, 0, 0, 0, 0)) + b"hi", "reserved"),  # RSV1 without an extension
+        (bytes((0x89, 0x80 | 126, 0, 126, 0, 0, 0, 0)) + b"p" * 126, "control"),  # too long
+    ],
+)
+async def test_protocol_errors_are_answered_with_a_close_frame(
+    server: RunningServer, frame: bytes, words: str
+) -> None:
+    """Frames RFC 6455 forbids a client to send fail the connection with 1002 and the
+    reason in a close frame, whichever of them it is."""
+    raw = await RawClient.open(server.port)
+    await raw.read_for(0.1)
+    (connection,) = connections(server)
+    await raw.stream.send_all(frame)
+    closes: list[CloseConnection] = []
+    with trio.fail_after(5):
+        while data := await raw.stream.receive_some(65536):
+            closes.extend(e for e in raw._feed(data) if isinstance(e, CloseConnection))
+    assert [c.code for c in closes] == [1002]
+    assert words in (closes[0].reason or "").lower()
+    await raw.stream.aclose()
+    await eventually(lambda: not connections(server))
+    assert connection.close_code == 1002

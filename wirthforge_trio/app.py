@@ -57,6 +57,7 @@ from .transport.connection import Connection
 from .transport.direct import DirectSocket
 from .transport.heartbeats import HeartbeatSweep
 from .transport.hub import Hub
+from .transport.parse_faults import answer_parse_faults
 from .worker import wait_without_polling
 
 log = logging.getLogger("wirthforge_trio")
@@ -424,6 +425,11 @@ def create_app(
             max_backlog_bytes=settings.max_backlog_bytes,
             direct=direct,
         )
+        stop_answering_faults = (
+            None
+            if asgi_send is None
+            else answer_parse_faults(asgi_send, connection.note_parse_fault)
+        )
         startup = StartupComplete(
             timestamp=time.time_ns() // 1_000_000,
             payload=StartupCompletePayload(
@@ -441,6 +447,8 @@ def create_app(
         finally:
             # Cancelled by the server (shutdown) rather than closed: still say goodbye (1001).
             await connection.close_on_cancel()
+            if stop_answering_faults is not None:
+                stop_answering_faults()
             hub.remove(connection)
             slot.release()
             log.info(

@@ -424,6 +424,17 @@ class Connection:
                 FRAME_BUDGET_MS,
             )
 
+    def note_parse_fault(self, code: int, reason: str) -> None:
+        """The client sent a frame that cannot be parsed: the close frame sent in answer
+        (``parse_faults.py``) carries ``code`` and ``reason``; the log says so too."""
+        self.close_code = code
+        log.warning(
+            "connection %s sent a frame that cannot be parsed (%s); closing it with %d",
+            self.id,
+            reason[:200],
+            code,
+        )
+
     def beat(self) -> None:
         """Send a heartbeat now, or leave it for the writer (a newer one replaces it)."""
         beat = self.protocol.heartbeat(trio.current_time(), wall_ms(), self._frame_rate())

@@ -109,12 +109,18 @@ def leading_texts(data: bytes, limit: int = SMALL_PAYLOAD) -> tuple[list[str], i
     return texts, at
 
 
-def _hypercorn_parts(asgi_send: Callable[..., Any]) -> tuple[Any, Any] | None:
-    """(WSStream, TCPServer) behind Hypercorn's ASGI send, each checked by type, or None."""
+def hypercorn_websocket(asgi_send: Callable[..., Any]) -> WSStream | None:
+    """Hypercorn's WebSocket stream behind its ASGI ``send``, or None (another server)."""
     # Quart may wrap Hypercorn's ``send`` (functools.wraps: 0.23 turns OSError into its own
     # error); the direct path looks at what is wrapped, its sends go through the wrapper.
     ws_stream = getattr(inspect.unwrap(asgi_send), "__self__", None)
-    if not isinstance(ws_stream, WSStream):
+    return ws_stream if isinstance(ws_stream, WSStream) else None
+
+
+def _hypercorn_parts(asgi_send: Callable[..., Any]) -> tuple[Any, Any] | None:
+    """(WSStream, TCPServer) behind Hypercorn's ASGI send, each checked by type, or None."""
+    ws_stream = hypercorn_websocket(asgi_send)
+    if ws_stream is None:
         return None
     protocol = getattr(getattr(ws_stream, "send", None), "__self__", None)
     if not isinstance(protocol, H11Protocol):  # HTTP/2 WebSockets keep the ordinary path

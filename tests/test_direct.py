@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import string
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -564,3 +565,27 @@ async def test_protocol_errors_are_answered_with_a_close_frame(
     await raw.stream.aclose()
     await eventually(lambda: not connections(server))
     assert connection.close_code == 1002
+
+
+async def test_no_write_reaches_a_closed_socket(server: RunningServer) -> None:
+    """Once the server's socket is closed its descriptor number may be another socket's: a
+    direct write then takes nothing, whatever the switch says, and the frames go the
+    ordinary way (which meets the closed socket and ends the connection)."""
+    raw = await RawClient.open(server.port)
+    await raw.read_for(0.1)
+    (connection,) = connections(server)
+    direct = connection.direct
+    written = direct.messages_written
+    number = direct._socket.fileno()
+    direct._socket.close()
+    other, peer = socket.socketpair()  # takes the lowest free number: most likely that one
+    with other, peer:
+        assert direct.open_and_free  # nothing told the switch
+        assert not direct.write_now(("{}",), ())
+        assert direct.messages_written == written
+        if other.fileno() == number:
+            peer.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                peer.recv(100)
+    await eventually(lambda: not connections(server))
+    await raw.stream.aclose()

@@ -244,6 +244,7 @@ class DirectSocket:
     # Read for every client on every frame: slots keep the lookups short and the object small.
     __slots__ = (
         "_connection",
+        "_fileno",
         "_followed",
         "_forward",
         "_lock",
@@ -269,6 +270,9 @@ class DirectSocket:
         self._ws_stream = ws_stream
         self._connection = ws_stream.connection
         self._socket = socket_
+        # The standard socket's own fileno (C) rather than Trio's wrapper method: looked up for
+        # every write, and -1 once the socket is closed, as through the wrapper.
+        self._fileno: Callable[[], int] = getattr(socket_, "_sock", socket_).fileno
         self._lock = _SendLock(self)
         """The socket's send lock, shared with Hypercorn (``attach`` installs it)."""
         self.open_and_free = False
@@ -450,7 +454,7 @@ class DirectSocket:
         ordinary path meets the error and closes the connection as it always does)."""
         if not self.open_and_free and (self._followed or not self.state_allows_writes()):
             return False
-        fd = self._socket.fileno()
+        fd = self._fileno()
         if fd < 0:
             return False
         if not self.shares_framing:

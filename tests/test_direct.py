@@ -239,6 +239,8 @@ async def test_frames_go_out_directly_framed_once_or_per_deflate_connection(
     by_sharing = {c.direct.shares_framing: c.direct for c in connections(server)}
     assert set(by_sharing) == {True, False}
     assert all(d.messages_written > 0 for d in by_sharing.values())
+    # Client messages are parsed from the bytes only where no extension has a say.
+    assert by_sharing[True]._read is not None and by_sharing[False]._read is None
     async with server.http() as http:
         clients = (await http.get("/status")).json()["clients"]
     assert len(clients) == 2 and all(c["directWrites"] > 0 for c in clients)

@@ -131,6 +131,13 @@ def _hypercorn_parts(asgi_send: Callable[..., Any]) -> tuple[Any, Any] | None:
     return ws_stream, tcp_server
 
 
+def _without_extensions(ws_stream: Any) -> bool:
+    """Whether the WebSocket negotiated no extension (permessage-deflate is the one browsers
+    offer): a frame then reads, and is written, the same on every connection."""
+    connection = getattr(ws_stream, "connection", None)
+    return getattr(getattr(connection, "_proto", None), "extensions", None) == []
+
+
 class _ReadState:
     """The parsers a client message passes through in Hypercorn's reading task, each checked
     by type, so that :meth:`between_messages` can tell when none of them holds a part of one."""
@@ -284,8 +291,7 @@ class DirectSocket:
         # Without extensions a server's frame is the same bytes for every connection, so a
         # frame's messages are framed once for all (``text_frame``). With permessage-deflate
         # each connection compresses with its own context: wsproto frames them.
-        extensions = getattr(getattr(self._connection, "_proto", None), "extensions", None)
-        self.shares_framing = extensions == []
+        self.shares_framing = _without_extensions(ws_stream)
         self._pending: memoryview | None = None
         self._forward: Callable[[dict[str, Any]], Awaitable[None]] | None = None
         """Hypercorn's own ``app_put`` while :meth:`receive_inline` stands in for it."""
@@ -319,10 +325,12 @@ class DirectSocket:
             getattr(ws_stream, "app_put", None)
         ):
             return None
-        try:
-            read_state: _ReadState | None = _ReadState(ws_stream, tcp_server)
-        except LookupError:
-            read_state = None  # messages are still taken inline, after Hypercorn parsed them
+        read_state = None  # messages are then still taken inline, after Hypercorn parsed them
+        if _without_extensions(ws_stream):
+            try:
+                read_state = _ReadState(ws_stream, tcp_server)
+            except LookupError:
+                pass
         direct = cls(ws_stream, stream.socket, read_state)
         tcp_server.send_lock = direct._lock
         return direct

@@ -445,10 +445,10 @@ def create_app(
         try:
             await connection.run(encode(startup))
         finally:
+            if stop_answering_faults is not None:
+                stop_answering_faults()  # wsproto no longer refers to the connection
             # Cancelled by the server (shutdown) rather than closed: still say goodbye (1001).
             await connection.close_on_cancel()
-            if stop_answering_faults is not None:
-                stop_answering_faults()
             hub.remove(connection)
             slot.release()
             log.info(

@@ -167,6 +167,14 @@ class RawClient:
                 self.pongs += 1
         return events
 
+    async def read_to_end(self) -> list[Any]:
+        """Every event until the server ends the TCP stream (within 5 s)."""
+        events: list[Any] = []
+        with trio.fail_after(5):
+            while data := await self.stream.receive_some(65536):
+                events.extend(self._feed(data))
+        return events
+
     async def read_for(self, seconds: float) -> None:
         with trio.move_on_after(seconds):
             while True:
@@ -473,12 +481,9 @@ async def test_a_close_from_the_server_turns_the_direct_switch_off_first(
     await raw.read_for(0.1)
     (connection,) = connections(server)
     assert connection.direct.open_and_free
-    events: list[Any] = []
     async with switch_watched(server) as seen:
         server.stop.set()
-        with trio.fail_after(5):
-            while data := await raw.stream.receive_some(65536):
-                events.extend(raw._feed(data))
+        events = await raw.read_to_end()
     assert seen[0] > 0
     assert not connection.direct.open_and_free
     kinds = [type(e) for e in events]
@@ -497,10 +502,7 @@ async def test_after_the_clients_close_no_frame_follows_the_servers(
             raw = await RawClient.open(server.port)
             await raw.read_for(0.05)
             await raw.stream.send_all(raw.ws.send(CloseConnection(code=1000, reason="bye")))
-            kinds: list[type] = []
-            with trio.fail_after(5):
-                while data := await raw.stream.receive_some(65536):
-                    kinds.extend(type(e) for e in raw._feed(data))
+            kinds = [type(e) for e in await raw.read_to_end()]
             assert kinds[-1] is CloseConnection and kinds.count(CloseConnection) == 1
             await raw.stream.aclose()
             await eventually(lambda: not connections(server))
@@ -523,10 +525,7 @@ async def test_invalid_utf8_is_answered_with_a_close_frame_naming_it(
     await raw.stream.send_all(
         b"".join(raw.ws.send(TextMessage(data=json.dumps(m))) for m in pings(0, 2)) + bad
     )
-    closes: list[CloseConnection] = []
-    with trio.fail_after(5):
-        while data := await raw.stream.receive_some(65536):
-            closes.extend(e for e in raw._feed(data) if isinstance(e, CloseConnection))
+    closes = [e for e in await raw.read_to_end() if isinstance(e, CloseConnection)]
     assert [p["payload"]["i"] for p in raw.of_type("pong")] == [0, 1]
     assert connection.direct.messages_read == 2
     assert [c.code for c in closes] == [1007]
@@ -558,10 +557,7 @@ async def test_protocol_errors_are_answered_with_a_close_frame(
     await raw.read_for(0.1)
     (connection,) = connections(server)
     await raw.stream.send_all(frame)
-    closes: list[CloseConnection] = []
-    with trio.fail_after(5):
-        while data := await raw.stream.receive_some(65536):
-            closes.extend(e for e in raw._feed(data) if isinstance(e, CloseConnection))
+    closes = [e for e in await raw.read_to_end() if isinstance(e, CloseConnection)]
     assert [c.code for c in closes] == [1002]
     assert words in (closes[0].reason or "").lower()
     await raw.stream.aclose()

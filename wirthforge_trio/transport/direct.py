@@ -131,13 +131,6 @@ def _hypercorn_parts(asgi_send: Callable[..., Any]) -> tuple[Any, Any] | None:
     return ws_stream, tcp_server
 
 
-def _without_extensions(ws_stream: Any) -> bool:
-    """Whether the WebSocket negotiated no extension (permessage-deflate is the one browsers
-    offer): a frame then reads, and is written, the same on every connection."""
-    connection = getattr(ws_stream, "connection", None)
-    return getattr(getattr(connection, "_proto", None), "extensions", None) == []
-
-
 class _ReadState:
     """The parsers a client message passes through in Hypercorn's reading task, each checked
     by type, so that :meth:`between_messages` can tell when none of them holds a part of one."""
@@ -272,7 +265,7 @@ class DirectSocket:
         self,
         ws_stream: Any,
         socket_: trio.socket.SocketType,
-        read_state: _ReadState | None = None,
+        tcp_server: Any = None,
     ):
         self._ws_stream = ws_stream
         self._connection = ws_stream.connection
@@ -291,13 +284,20 @@ class DirectSocket:
         # Without extensions a server's frame is the same bytes for every connection, so a
         # frame's messages are framed once for all (``text_frame``). With permessage-deflate
         # each connection compresses with its own context: wsproto frames them.
-        self.shares_framing = _without_extensions(ws_stream)
+        extensions = getattr(getattr(self._connection, "_proto", None), "extensions", None)
+        self.shares_framing = extensions == []
         self._pending: memoryview | None = None
         self._forward: Callable[[dict[str, Any]], Awaitable[None]] | None = None
         """Hypercorn's own ``app_put`` while :meth:`receive_inline` stands in for it."""
         # Parsing client messages from the bytes read needs the framing shared (no extension
-        # may have a say in how a frame reads).
-        self._read = read_state if self.shares_framing else None
+        # may have a say in how a frame reads), and Hypercorn's parsers as this was written for;
+        # without either, messages are still taken inline, after Hypercorn has parsed them.
+        self._read: _ReadState | None = None
+        if self.shares_framing and tcp_server is not None:
+            try:
+                self._read = _ReadState(ws_stream, tcp_server)
+            except LookupError:
+                pass
         self.on_cut_short: Callable[[], None] = lambda: None
         """Called when a write was cut short: whoever owns the connection must :meth:`flush`."""
         self.messages_written = 0
@@ -325,13 +325,7 @@ class DirectSocket:
             getattr(ws_stream, "app_put", None)
         ):
             return None
-        read_state = None  # messages are then still taken inline, after Hypercorn parsed them
-        if _without_extensions(ws_stream):
-            try:
-                read_state = _ReadState(ws_stream, tcp_server)
-            except LookupError:
-                pass
-        direct = cls(ws_stream, stream.socket, read_state)
+        direct = cls(ws_stream, stream.socket, tcp_server)
         tcp_server.send_lock = direct._lock
         return direct
 

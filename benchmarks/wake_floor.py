@@ -43,6 +43,7 @@ if __package__ in (None, ""):  # run as a file: make `benchmarks` importable
 
 from benchmarks.peers.common import CAPTURED
 from benchmarks.wsframes import encode_client_frame
+from wirthforge_trio.transport.direct import text_frame
 
 RATE = 60.0
 EMPTY_MODES = ("epoll", "trio-timerfd", "trio-sleep", "asyncio-sleep")
@@ -53,17 +54,9 @@ HEARTBEAT_EVERY = 60
 """Ticks between two heartbeats (the contract's: about 1 s)."""
 
 
-def _server_frame(text: str) -> bytes:
-    """An unmasked text frame, as a server sends it."""
-    payload = text.encode()
-    n = len(payload)
-    head = bytes((0x81, n)) if n < 126 else bytes((0x81, 126)) + n.to_bytes(2, "big")
-    return head + payload
-
-
-FRAME = _server_frame(CAPTURED["energy_update"])
-HEARTBEAT = _server_frame(CAPTURED["heartbeat"])
-PONG = _server_frame(CAPTURED["pong"])
+FRAME = text_frame(CAPTURED["energy_update"].encode())
+HEARTBEAT = text_frame(CAPTURED["heartbeat"].encode())
+PONG = text_frame(CAPTURED["pong"].encode())
 PING = encode_client_frame(b'{"type":"ping","payload":{"t":123456789,"x":"abc"}}', mask=b"wf03")
 HEARTBEAT_START = b'{"type":"heartbeat"'
 RESPONSE = encode_client_frame(b'{"type":"heartbeat_response","payload":{"sequence":0}}')

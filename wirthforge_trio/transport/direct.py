@@ -226,8 +226,7 @@ class _SendLock:
             raise
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self._semaphore.release()
-        self._owner.refresh()
+        self.release()
 
     def acquire_nowait(self) -> None:
         self._semaphore.acquire_nowait()

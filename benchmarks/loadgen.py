@@ -5,7 +5,8 @@ JSON lines (stdout out, stdin in):
 
 1. it connects its clients (hand-made upgrade handshakes, a bounded number in flight) and
    prints ``{"event": "connected", ...}``;
-2. it answers every ``heartbeat`` with a ``heartbeat_response`` (so the server keeps it alive),
+2. it answers every ``heartbeat`` with a ``heartbeat_response`` (so the server keeps it alive;
+   ``answer_heartbeats: false`` turns that off, to measure what the answers cost the server),
    the pinging client sends ``ping`` at a steady mean rate (each interval drawn between half
    and one and a half of the mean, so the pings' phase against the frame clock varies), and
    it waits for the measurement window
@@ -160,6 +161,9 @@ class LoadGenerator:
         self.ping_interval_ns = int(1e9 / config["ping_hz"]) if config.get("ping_hz", 0) > 0 else 0
         # A fixed interval that is a whole number of frames (100 ms: six) would keep the pings
         # at one phase against the frame clock for a whole run; seeded, so runs compare.
+        self.answer_heartbeats: bool = config.get("answer_heartbeats", True)
+        """False: heartbeats go unanswered (the servers here enforce no deadline until a
+        first answer), to measure what answering them costs the server."""
         self.ping_jitter = random.Random(config.get("seed", 6003))
         self.connect_timeout_ns = int(config.get("connect_timeout", 30.0) * 1e9)
         self.attempt_timeout_ns = int(config.get("attempt_timeout", 5.0) * 1e9)
@@ -449,17 +453,19 @@ class LoadGenerator:
                     if c.index == 0 and "energy_update" not in self.samples:
                         self.sample(payload)
                 elif payload.startswith(HB_PREFIX):
-                    seq = _int_after(payload, SEQ_KEY)
-                    self.send(
-                        c,
-                        encode_client_frame(
-                            b'{"type":"heartbeat_response","payload":{"sequence":%d}}'
-                            % (seq if seq is not None else 0)
-                        ),
-                    )
+                    if self.answer_heartbeats:
+                        seq = _int_after(payload, SEQ_KEY)
+                        self.send(
+                            c,
+                            encode_client_frame(
+                                b'{"type":"heartbeat_response","payload":{"sequence":%d}}'
+                                % (seq if seq is not None else 0)
+                            ),
+                        )
+                        if in_window:
+                            self.responses += 1
                     if in_window:
                         self.heartbeats += 1
-                        self.responses += 1
                         if c.last_heartbeat:
                             self.heartbeat_intervals.append(kernel - c.last_heartbeat)
                     c.last_heartbeat = kernel

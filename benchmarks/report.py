@@ -340,7 +340,9 @@ def write_markdown(path: Path, meta: dict[str, Any], summary: dict[str, Any]) ->
             else "none"
         )
         + f"; {options['loadgen_procs']} load generator process(es); "
-        f"ping {options['ping_hz']:g}/s.",
+        f"ping {options['ping_hz']:g}/s"
+        + ("" if options.get("answer_heartbeats", True) else "; heartbeats left unanswered")
+        + ".",
         "- Versions: "
         + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v is not None)
         + ".",

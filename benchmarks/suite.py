@@ -80,6 +80,7 @@ class Options:
     pin: bool
     plots: bool
     quick: bool
+    answer_heartbeats: bool = True
     start_timeout: float = 30.0
     server_cpus: list[int] = field(default_factory=list)
     load_cpus: list[int] = field(default_factory=list)
@@ -184,6 +185,7 @@ def measure(run: Run, options: Options, logs: Path) -> dict[str, Any]:
                 "clients": shares[i],
                 "stalled": stalled[i],
                 "ping_hz": options.ping_hz if i == 0 else 0,
+                "answer_heartbeats": options.answer_heartbeats,
                 "grace": options.grace,
                 "connect_timeout": 10 + 0.03 * run.n,
                 "regenerate": run.scenario == "generation" and i == 0,
@@ -326,6 +328,7 @@ def combine(
         "ping_p99_ms": percentile(rtts, 0.99),
         "ping_samples": len(rtts),
         "heartbeats_per_client_s": heartbeats / (run.n * seconds) if run.n and seconds else 0.0,
+        "heartbeat_responses": sum(r["heartbeat_responses"] for r in results),
         "heartbeat_interval_p50_ms": percentile(intervals, 0.5),
         "heartbeat_interval_max_ms": max(intervals) if intervals else None,
         "loadgen_cpu_pct": 100.0 * max(loadgen_cpu) / (seconds * 1e9) if loadgen_cpu else None,
@@ -470,6 +473,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ping-hz", type=float, default=10.0, help="pings per second (default 10)")
     p.add_argument(
+        "--no-heartbeat-responses",
+        action="store_true",
+        help="clients do not answer heartbeats (with and without: what a client message costs)",
+    )
+    p.add_argument(
         "--stalled", type=int, default=10, help="stalled clients in the stall scenario (10; 0: off)"
     )
     p.add_argument("--stall-n", type=int, help="normal clients beside them (default 100)")
@@ -512,6 +520,7 @@ def options_from(args: argparse.Namespace) -> Options:
         pin=not args.no_pin,
         plots=not args.no_plots,
         quick=quick,
+        answer_heartbeats=not args.no_heartbeat_responses,
     )
     if options.seconds <= 0 or options.repeats < 1:
         raise SystemExit("--seconds must be positive and --repeats at least 1")

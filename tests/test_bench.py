@@ -272,6 +272,31 @@ def test_every_contender_and_n_was_measured(results: dict[str, Any]) -> None:
             assert r["connect_failed"] == 0
             assert r["negative_latencies"] == 0
             assert {"energy_update", "heartbeat", "pong", "startup_complete"} <= set(r["samples"])
+            heartbeats = r["heartbeats_per_client_s"] * n * r["window_seconds"]
+            assert r["heartbeat_responses"] == round(heartbeats)  # every one answered
+
+
+def test_heartbeats_can_go_unanswered(tmp_path: Path) -> None:
+    """``--no-heartbeat-responses``: the clients get their heartbeats, answer none, and the
+    server (which enforces no deadline before a first answer) keeps serving them."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the benchmark needs Linux (epoll, SO_TIMESTAMPNS, /proc, CPU affinity)")
+    code = run.main(
+        [
+            *("--contenders", "wirthforge", "--clients", "2", "--seconds", "1.5"),
+            *("--repeats", "1", "--warmup", "0.3", "--grace", "0.3", "--stalled", "0"),
+            *("--no-generation", "--no-plots", "--no-heartbeat-responses", "--out", str(tmp_path)),
+        ]
+    )
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert code == 0, document["runs"]
+    assert document["meta"]["options"]["answer_heartbeats"] is False
+    assert "heartbeats left unanswered" in (tmp_path / "results.md").read_text(encoding="utf-8")
+    [r] = [r for r in document["runs"] if r["scenario"] == "fanout"]
+    assert r["heartbeats_per_client_s"] > 0
+    assert r["heartbeat_responses"] == 0
+    assert r["closed_during_window"] == 0
+    assert r["frames_received"] > 0
 
 
 def test_peers_send_the_servers_json(results: dict[str, Any]) -> None:

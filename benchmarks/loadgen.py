@@ -158,12 +158,12 @@ class LoadGenerator:
         self.path: str = config.get("path", "/ws")
         self.origin_ns: int = config["origin_ns"]
         self.period: float = 1e9 / float(config.get("rate", 60.0))
-        self.ping_interval_ns = int(1e9 / config["ping_hz"]) if config.get("ping_hz", 0) > 0 else 0
-        # A fixed interval that is a whole number of frames (100 ms: six) would keep the pings
-        # at one phase against the frame clock for a whole run; seeded, so runs compare.
         self.answer_heartbeats: bool = config.get("answer_heartbeats", True)
         """False: heartbeats go unanswered (the servers here enforce no deadline until a
         first answer), to measure what answering them costs the server."""
+        self.ping_interval_ns = int(1e9 / config["ping_hz"]) if config.get("ping_hz", 0) > 0 else 0
+        # A fixed interval that is a whole number of frames (100 ms: six) would keep the pings
+        # at one phase against the frame clock for a whole run; seeded, so runs compare.
         self.ping_jitter = random.Random(config.get("seed", 6003))
         self.connect_timeout_ns = int(config.get("connect_timeout", 30.0) * 1e9)
         self.attempt_timeout_ns = int(config.get("attempt_timeout", 5.0) * 1e9)

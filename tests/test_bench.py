@@ -204,10 +204,14 @@ def shape(value: Any) -> Any:
     return "number" if isinstance(value, int | float) else type(value).__name__
 
 
-@pytest.fixture(scope="module")
-def bench_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def require_linux() -> None:
     if not sys.platform.startswith("linux"):
         pytest.skip("the benchmark needs Linux (epoll, SO_TIMESTAMPNS, /proc, CPU affinity)")
+
+
+@pytest.fixture(scope="module")
+def bench_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require_linux()
     out = tmp_path_factory.mktemp("bench")
     code = run.main(
         [
@@ -279,8 +283,7 @@ def test_every_contender_and_n_was_measured(results: dict[str, Any]) -> None:
 def test_heartbeats_can_go_unanswered(tmp_path: Path) -> None:
     """``--no-heartbeat-responses``: the clients get their heartbeats, answer none, and the
     server (which enforces no deadline before a first answer) keeps serving them."""
-    if not sys.platform.startswith("linux"):
-        pytest.skip("the benchmark needs Linux (epoll, SO_TIMESTAMPNS, /proc, CPU affinity)")
+    require_linux()
     code = run.main(
         [
             *("--contenders", "wirthforge", "--clients", "2", "--seconds", "1.5"),

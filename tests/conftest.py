@@ -26,6 +26,8 @@ from wirthforge_trio.config import Settings
 from wirthforge_trio.contract import schema as project_schema
 from wirthforge_trio.contract.events import STANDARD_EVENTS
 from wirthforge_trio.server import serve
+from wirthforge_trio.transport.connection import Connection
+from wirthforge_trio.transport.hub import Hub
 
 PUBLISHED_SCHEMA_PATH = (
     Path(__file__).resolve().parents[2] / "shared" / "contract" / "WF-TECH-003-event-schemas.json"
@@ -143,6 +145,40 @@ async def start_server(nursery: trio.Nursery, settings: Settings) -> RunningServ
         )
     )
     return RunningServer(url=server.url, app=app, settings=settings, stop=stop)
+
+
+def lane_due(connection: Connection) -> bool:
+    """Whether the hub may write a whole frame to this connection with nothing else looked
+    at, from the full state rather than the switches that stand in for it."""
+    direct = connection.direct
+    return (
+        direct is not None
+        and direct.raw_socket is not None
+        and direct.shares_framing
+        and direct._followed
+        and direct.state_allows_writes()
+        and len(connection.mailbox._lot) > 0  # the writer is parked, with nothing to send
+        and connection._closing is None
+        and connection.protocol.wants_everything
+    )
+
+
+@pytest.fixture(autouse=True)
+def lanes_checked(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """In every test with an in-process server, on every frame: each connection's frame lane
+    is open exactly when the full look at its state says it may be (how often it was open
+    is counted)."""
+    publish = Hub._publish_frame
+    open_lanes = [0]
+
+    def checking(self: Hub, number: int, events: Any) -> None:
+        for connection in self:
+            assert (connection.frame_socket is not None) == lane_due(connection)
+            open_lanes[0] += connection.frame_socket is not None
+        publish(self, number, events)
+
+    monkeypatch.setattr(Hub, "_publish_frame", checking)
+    yield open_lanes
 
 
 @pytest.fixture

@@ -244,16 +244,49 @@ async def test_frames_go_out_directly_framed_once_or_per_deflate_connection(
     for client in (raw, deflating):
         frames = [m["frameNumber"] for m in client.of_type("energy_update")]
         assert len(frames) >= 20 and frames == sorted(set(frames))
-    by_sharing = {c.direct.shares_framing: c.direct for c in connections(server)}
+    by_sharing = {c.direct.shares_framing: c for c in connections(server)}
     assert set(by_sharing) == {True, False}
-    assert all(d.messages_written > 0 for d in by_sharing.values())
+    assert all(c.messages_written_at_once > 0 for c in by_sharing.values())
+    # The hub writes the frames shared by all straight to the socket (the frame lane); the
+    # deflating connection's go through its own framing.
+    assert by_sharing[True].lane_messages >= 20 and by_sharing[False].lane_messages == 0
     # Client messages are parsed from the bytes only where no extension has a say.
-    assert by_sharing[True]._read is not None and by_sharing[False]._read is None
+    assert by_sharing[True].direct._read is not None and by_sharing[False].direct._read is None
     async with server.http() as http:
         clients = (await http.get("/status")).json()["clients"]
     assert len(clients) == 2 and all(c["directWrites"] > 0 for c in clients)
     for client in (raw, deflating):
         await client.stream.aclose()
+
+
+async def test_the_frame_lane_is_open_only_to_clients_that_take_every_frame_whole(
+    server: RunningServer, lanes_checked: list[int]
+) -> None:
+    """A client subscribed to everything gets each frame from the hub with one look and one
+    write (its lane); narrowing its subscriptions closes the lane (its frames are checked
+    message by message again), and widening them opens it again. Frames keep their order
+    throughout, and the lane agrees with the full look at the state on every frame
+    (``lanes_checked``)."""
+    raw = await RawClient.open(server.port)
+    await raw.read_for(0.3)
+    (connection,) = connections(server)
+    assert connection.frame_socket is not None and connection.lane_messages > 0
+    await raw.send_text({"type": "unsubscribe", "payload": {"channels": ["council"]}})
+    await eventually(lambda: connection.frame_socket is None)
+    through_lane, checked = connection.lane_messages, connection.direct.messages_written
+    await raw.read_for(0.3)
+    assert connection.lane_messages == through_lane
+    assert connection.direct.messages_written >= checked + 10  # written, message by message
+    await raw.send_text({"type": "subscribe", "payload": {"channels": ["council"]}})
+    await eventually(lambda: connection.frame_socket is not None)
+    await raw.read_for(0.3)
+    assert connection.lane_messages >= through_lane + 10
+    frames = [m["frameNumber"] for m in raw.of_type("energy_update")]
+    assert len(frames) >= 40 and frames == sorted(set(frames))
+    assert lanes_checked[0] >= 20
+    connection.request_close(1000, "done")
+    assert connection.frame_socket is None  # at once: nothing may follow the close frame
+    await raw.stream.aclose()
 
 
 async def test_with_direct_writes_off_every_message_takes_the_writer(
@@ -309,6 +342,7 @@ async def cut_short_then_read(raw: RawClient, connection: Any, blob: str) -> Non
     await eventually(lambda: connection.direct.writes_cut_short > 0)
     assert connection.direct.pending
     assert not connection.direct.open_and_free  # the socket is reserved for the rest
+    assert connection.frame_socket is None  # and so the hub leaves the frames in the slot
     for i in range(1, 8):  # more replies, and pings that Hypercorn answers itself
         await raw.send_text({"type": "ping", "payload": {"i": i, "blob": blob}})
         await raw.send_ping()
@@ -493,7 +527,7 @@ async def test_a_close_from_the_server_turns_the_direct_switch_off_first(
 
 
 async def test_after_the_clients_close_no_frame_follows_the_servers(
-    server: RunningServer, switch_checked: list[int]
+    server: RunningServer, switch_checked: list[int], lanes_checked: list[int]
 ) -> None:
     """The client closes while frames flow: Hypercorn answers with its close, and no frame
     (written directly by the frame clock) follows that close on the wire."""
@@ -506,7 +540,7 @@ async def test_after_the_clients_close_no_frame_follows_the_servers(
             assert kinds[-1] is CloseConnection and kinds.count(CloseConnection) == 1
             await raw.stream.aclose()
             await eventually(lambda: not connections(server))
-    assert switch_checked[0] > 3
+    assert switch_checked[0] + lanes_checked[0] > 3  # frames were written, the switch checked
     assert seen[0] > 100
 
 

@@ -585,7 +585,7 @@ def create_app(
                         "queued": c.mailbox.queued,
                         "queuedBytes": c.mailbox.queued_bytes,
                         "tooSlow": c.too_slow,
-                        "directWrites": (None if c.direct is None else c.direct.messages_written),
+                        "directWrites": c.messages_written_at_once,
                         "receivedInline": None if c.direct is None else c.received_inline,
                         "directReads": None if c.direct is None else c.direct.messages_read,
                         "heartbeatRoundTrip": c.protocol.rtt_summary(),

@@ -44,6 +44,8 @@ CLOSE_HEARTBEAT_TIMEOUT: Final = 4408
 
 SUBSCRIBABLE: Final = CHANNELS + EXTENSION_TOPICS
 """The five standard channels (on by default) and the opt-in extension topics."""
+_EVERY_CHANNEL: Final = frozenset(CHANNELS)
+"""The channels a frame's events may be on."""
 
 ALWAYS_ON: Final = frozenset({"system"})
 """Channels a connection cannot leave: the handshake, heartbeats, errors and replies."""
@@ -359,6 +361,11 @@ class ConnectionProtocol:
         if self.models_included is None:
             return None
         return tuple(sorted(self.models_included - self.models_excluded))
+
+    @property
+    def wants_everything(self) -> bool:
+        """Whether every event passes: every channel, no model filter (the default)."""
+        return self.wants_all(_EVERY_CHANNEL)
 
     def wants_all(self, channels: frozenset[str]) -> bool:
         """Whether every event on these channels passes, whatever its models (the common

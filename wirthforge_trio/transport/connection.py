@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final, Protocol
@@ -87,7 +88,9 @@ class Connection:
         "addresses",
         "close_code",
         "direct",
+        "frame_socket",
         "heartbeats",
+        "lane_messages",
         "mailbox",
         "max_backlog_bytes",
         "opened_at",
@@ -128,9 +131,11 @@ class Connection:
         """(server, client) socket addresses: how a stuck connection is found at shutdown."""
         self.direct = direct
         """The socket for messages written at once (None: every message goes the ASGI way)."""
-        if direct is not None:
-            direct.on_cut_short = self.mailbox.wake  # the writer sends the rest
-            direct.receive_inline(self._take_inline)
+        self.frame_socket: socket.socket | None = None
+        """The socket a whole frame may be written to by the hub, with nothing else to look
+        at; None whenever anything may stand in the way (:meth:`_update_lane`)."""
+        self.lane_messages = 0
+        """Messages the hub wrote to :attr:`frame_socket`."""
         self._watchdog: trio.CancelScope | None = None
         """Set while the reader serves live messages: client messages may then be handled
         as they arrive (:meth:`_take_inline`)."""
@@ -141,6 +146,10 @@ class Connection:
         self.too_slow = False
         self._catch_up_bytes = 0
         self._closing: Close | None = None
+        if direct is not None:
+            direct.on_cut_short = self.mailbox.wake  # the writer sends the rest
+            direct.on_switch = self.mailbox.on_parking = self._update_lane
+            direct.receive_inline(self._take_inline)
         self._nursery: trio.Nursery | None = None
         self._last_warning = -math.inf
         self.opened_at = trio.current_time()
@@ -151,6 +160,32 @@ class Connection:
         return self.protocol.connection_id
 
     # -- fan-out entry points (called by the hub, never block) ---------------------------------
+
+    def _update_lane(self) -> None:
+        """Work out :attr:`frame_socket` again. Each frame is written to every client whose
+        lane is open with nothing else looked at, so it is worked out here, whenever one of
+        the things it folds together changes: the socket's switch (``direct.py``), the
+        writer's parking, a close request, the client's subscriptions. It is open only
+        where :meth:`write_frame_now` would write the whole frame, framed once for all."""
+        direct = self.direct
+        self.frame_socket = (
+            direct.raw_socket
+            if direct is not None
+            and direct.open_and_free
+            and direct.shares_framing
+            and self.mailbox.writer_parked
+            and self._closing is None
+            and self.protocol.wants_everything
+            else None
+        )
+
+    @property
+    def messages_written_at_once(self) -> int | None:
+        """Messages written straight to the socket, by the hub or by :meth:`write_now` (None
+        without the direct path)."""
+        if self.direct is None:
+            return None
+        return self.direct.messages_written + self.lane_messages
 
     def write_frame_now(self, frame: Frame, debug: bool = False) -> bool:
         """Write the frame at once if nothing is queued and the socket is free; False when it
@@ -254,6 +289,7 @@ class Connection:
         """Close after what is already queued has been sent."""
         if self._closing is None:
             self._closing = Close(code, reason)
+            self._update_lane()
             self.mailbox.wake()  # the writer drains the queue, then closes
 
     # -- the connection's life ----------------------------------------------------------------
@@ -330,6 +366,7 @@ class Connection:
                 self._handle(data, watchdog)
             for action in protocol.join():
                 self._apply(action)
+            self._update_lane()
         try:
             self._watchdog = watchdog
             while protocol.closed is None:  # after a Close, the writer ends the connection
@@ -365,6 +402,7 @@ class Connection:
         watchdog.deadline = math.inf if deadline is None else deadline
         for action in actions:
             self._apply(action)
+        self._update_lane()  # the message may have changed the subscriptions
 
     def _apply(self, action: Action) -> None:
         if isinstance(action, Reply):

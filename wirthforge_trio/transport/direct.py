@@ -15,7 +15,8 @@ TCP server's send lock for a semaphore of one (the same ``async with`` for Hyper
 that a write cut short by a full socket can keep the socket reserved until the connection's
 own writer task has sent the rest: bytes of two messages never interleave. The lock also
 keeps one switch, ``open_and_free``, that every frame's write reads instead of the state of
-four objects.
+four objects; each change of it is passed on (``on_switch``) to the connection, which folds it
+with its own state into the one attribute the hub reads for every frame (``frame_socket``).
 
 The same objects serve the other direction: ``receive_inline`` lets the connection handle a
 complete client message in Hypercorn's reading task, instead of after two more task switches
@@ -218,7 +219,7 @@ class _SendLock:
         return self._semaphore.value == 1
 
     async def __aenter__(self) -> None:
-        self._owner.open_and_free = False
+        self._owner.switch(False)
         try:
             await self._semaphore.acquire()
         except BaseException:
@@ -230,7 +231,7 @@ class _SendLock:
 
     def acquire_nowait(self) -> None:
         self._semaphore.acquire_nowait()
-        self._owner.open_and_free = False
+        self._owner.switch(False)
 
     def release(self) -> None:
         self._semaphore.release()
@@ -254,7 +255,9 @@ class DirectSocket:
         "messages_read",
         "messages_written",
         "on_cut_short",
+        "on_switch",
         "open_and_free",
+        "raw_socket",
         "shares_framing",
         "socket_reads",
         "writes_cut_short",
@@ -269,9 +272,13 @@ class DirectSocket:
         self._ws_stream = ws_stream
         self._connection = ws_stream.connection
         self._socket = socket_
+        raw = getattr(socket_, "_sock", None)
+        self.raw_socket: socket.socket | None = raw if isinstance(raw, socket.socket) else None
+        """The standard socket beneath Trio's, whose ``send`` writes a frame for the hub
+        (and fails once the socket is closed, whatever number its descriptor had)."""
         # The standard socket's own fileno (C) rather than Trio's wrapper method: looked up for
         # every write, and -1 once the socket is closed, as through the wrapper.
-        self._fileno: Callable[[], int] = getattr(socket_, "_sock", socket_).fileno
+        self._fileno: Callable[[], int] = (raw or socket_).fileno
         self._lock = _SendLock(self)
         """The socket's send lock, shared with Hypercorn (``attach`` installs it)."""
         self.open_and_free = False
@@ -299,6 +306,8 @@ class DirectSocket:
                 pass
         self.on_cut_short: Callable[[], None] = lambda: None
         """Called when a write was cut short: whoever owns the connection must :meth:`flush`."""
+        self.on_switch: Callable[[], None] = lambda: None
+        """Called after every change of :attr:`open_and_free` (by :meth:`switch`)."""
         self.messages_written = 0
         self.messages_read = 0
         """Client messages parsed from the bytes read, beneath Hypercorn's layers."""
@@ -339,9 +348,14 @@ class DirectSocket:
             and self._connection.state is _OPEN
         )
 
+    def switch(self, on: bool) -> None:
+        """Set :attr:`open_and_free`, and tell the owner (every change goes through here)."""
+        self.open_and_free = on
+        self.on_switch()
+
     def refresh(self) -> None:
         """Work out :attr:`open_and_free` again, after a change that may have touched it."""
-        self.open_and_free = self._followed and self.state_allows_writes()
+        self.switch(self._followed and self.state_allows_writes())
 
     def receive_inline(self, take: Callable[[str | bytes | None], bool]) -> None:
         """Offer each complete client message to ``take`` in Hypercorn's reading task, before
@@ -413,7 +427,8 @@ class DirectSocket:
                 event = RawData(data=more)
             # Hypercorn's parsers may close the WebSocket, or send (a pong, a close) and
             # yield on the way: until they are done, writes check the state itself.
-            self._followed = self.open_and_free = False
+            self._followed = False
+            self.switch(False)
             try:
                 await parse(event)
             finally:
@@ -436,7 +451,8 @@ class DirectSocket:
             self._forward = None
             if self._read is not None:
                 vars(self._read.wrapper).pop("handle", None)
-                self._followed = self.open_and_free = False
+                self._followed = False
+                self.switch(False)
 
     @property
     def pending(self) -> bool:
@@ -472,15 +488,20 @@ class DirectSocket:
         except BlockingIOError:
             written = 0
         except OSError:
-            return False
+            written = -1
+        return self.wrote(data, written, len(texts))
+
+    def wrote(self, data: bytes, written: int, messages: int) -> bool:
+        """Account for a write of ``data`` (``messages`` whole messages) that took
+        ``written`` bytes (-1: it failed); what :meth:`write_now` returns for it."""
         if written == len(data):
-            self.messages_written += len(texts)
+            self.messages_written += messages
             return True
-        if written == 0 and self.shares_framing:
+        if written < 0 or (written == 0 and self.shares_framing):
             return False
         # Part of a frame is on the wire (or deflate's context already holds the messages):
         # nothing else may be sent on this socket until the rest is.
-        self.messages_written += len(texts)
+        self.messages_written += messages
         self._lock.acquire_nowait()
         self._pending = memoryview(data)[written:]
         self.writes_cut_short += 1

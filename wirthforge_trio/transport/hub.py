@@ -62,7 +62,32 @@ class Hub:
     def _publish_frame(self, number: int, events: Iterable[FrameEvent]) -> None:
         frame = Frame(number, tuple((e.CHANNEL, models_of(e), encode(e)) for e in events))
         debug = log.isEnabledFor(logging.DEBUG)
-        behind = [c for c in self._connections.values() if not c.write_frame_now(frame, debug)]
+        data, messages = frame.data, len(frame.framed)
+        size = len(data)
+        behind = []
+        for connection in self._connections.values():
+            # The common case first, and as short as it can be: one look, one write.
+            sock = connection.frame_socket
+            if sock is None:
+                if not connection.write_frame_now(frame, debug):
+                    behind.append(connection)
+                continue
+            try:
+                written = sock.send(data)
+            except BlockingIOError:
+                written = 0
+            except OSError:
+                written = -1  # the ordinary path meets the error and ends the connection
+            if written != size:
+                # Nothing taken, or only part: the direct path's rules apply (the rest of a
+                # frame cut short is sent by the writer; nothing taken waits in the slot).
+                direct = connection.direct
+                if direct is None or not direct.wrote(data, written, 0):
+                    behind.append(connection)
+                    continue
+            connection.lane_messages += messages
+            if debug:
+                log.debug("connection %s sent frame %d", connection.id, number)
         # Clients that are behind get the frame in their slot only once every other client
         # has been written to: a slow client does not delay the others by even a slot swap.
         for connection in behind:

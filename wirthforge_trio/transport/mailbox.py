@@ -11,6 +11,7 @@ latest-wins slot of its own: an old heartbeat says nothing a newer one does not.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Final
 
 import attrs
@@ -38,6 +39,11 @@ class Frame:
     )
     """Each message as an unmasked text frame, the same bytes for every connection without
     extensions (``direct.py``)."""
+    data: bytes = attrs.field(
+        init=False, default=attrs.Factory(lambda self: b"".join(self.framed), True)
+    )
+    """The whole frame as written to a connection that takes all of it (:attr:`framed`
+    joined once for all)."""
     channels: frozenset[str] = attrs.field(
         init=False, default=attrs.Factory(lambda self: frozenset(m[0] for m in self.messages), True)
     )
@@ -98,6 +104,7 @@ class Mailbox:
         "batches_merged",
         "frames_offered",
         "frames_replaced",
+        "on_parking",
         "queued_bytes",
         "writer_parked",
     )
@@ -111,6 +118,8 @@ class Mailbox:
         self._ready = False
         self.writer_parked = False
         """The writer sleeps with nothing to send (it parks only when all is sent)."""
+        self.on_parking: Callable[[], None] = lambda: None
+        """Called after every change of :attr:`writer_parked` (the connection follows it)."""
         self.frames_offered = 0
         self.frames_replaced = 0
         self.batches_merged = 0
@@ -169,11 +178,11 @@ class Mailbox:
         if self._ready:
             await trio.lowlevel.checkpoint()
         else:
-            self.writer_parked = True
+            self._set_parked(True)
             try:
                 await self._lot.park()
             finally:
-                self.writer_parked = False
+                self._set_parked(False)
         self._ready = False
 
     def take_lossless(self) -> str | None:
@@ -210,5 +219,10 @@ class Mailbox:
     def wake(self) -> None:
         """Rouse the writer (also used to make it notice a close request)."""
         self._ready = True
-        self.writer_parked = False
+        self._set_parked(False)
         self._lot.unpark_all()
+
+    def _set_parked(self, parked: bool) -> None:
+        if self.writer_parked is not parked:
+            self.writer_parked = parked
+            self.on_parking()

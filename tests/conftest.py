@@ -149,7 +149,7 @@ async def start_server(nursery: trio.Nursery, settings: Settings) -> RunningServ
 
 def lane_due(connection: Connection) -> bool:
     """Whether the hub may write a whole frame to this connection with nothing else looked
-    at, from the full state rather than the switches that stand in for it."""
+    at, from the state of its parts (the socket's from the full look, not its switch)."""
     direct = connection.direct
     return (
         direct is not None
@@ -157,7 +157,7 @@ def lane_due(connection: Connection) -> bool:
         and direct.shares_framing
         and direct._followed
         and direct.state_allows_writes()
-        and len(connection.mailbox._lot) > 0  # the writer is parked, with nothing to send
+        and connection.mailbox.writer_parked  # the writer sleeps with nothing to send
         and connection._closing is None
         and connection.protocol.wants_everything
     )

@@ -17,7 +17,12 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from trio_websocket import WebSocketConnection, WebSocketRequest, serve_websocket
+from trio_websocket import (
+    ConnectionRejected,
+    WebSocketConnection,
+    WebSocketRequest,
+    serve_websocket,
+)
 
 from wirthforge_trio.client import (
     TRANSITIONS,
@@ -590,6 +595,30 @@ async def test_gives_up_after_max_attempts() -> None:
             await client.wait_state(S.CLOSED)
     assert client.attempts == 3 and client.last_error is not None
     assert states_entered(client).count(S.RECONNECTING) == 2
+
+
+@pytest.mark.parametrize(("status", "final"), [(401, True), (403, True), (404, True), (503, False)])
+async def test_a_refusal_that_retrying_cannot_change_ends_the_client(
+    nursery: trio.Nursery, status: int, final: bool
+) -> None:
+    """A handshake refused with 4xx (a missing or wrong token, a wrong path) would be refused
+    again: the client stops at once and says why; 503 (the server is full) and 5xx are
+    retried as any failure is."""
+    refused: list[float] = []
+
+    async def refuse(request: WebSocketRequest) -> None:
+        refused.append(trio.current_time())
+        await request.reject(status, body=b'{"error": "not you"}')
+
+    server = await nursery.start(serve_websocket, refuse, "127.0.0.1", 0, None)
+    url = f"ws://127.0.0.1:{server.port}/ws"
+    async with connect(url, backoff=FAST, max_attempts=None if final else 3) as client:
+        with trio.fail_after(5):
+            await client.wait_state(S.CLOSED)
+    assert isinstance(client.last_error, ConnectionRejected)
+    assert client.last_error.status_code == status
+    assert len(refused) == client.attempts == (1 if final else 3)
+    assert (S.RECONNECTING in states_entered(client)) is not final
 
 
 async def test_resume_reports_what_is_held_and_trims_overlap(nursery: trio.Nursery) -> None:

@@ -279,6 +279,46 @@ async def test_missing_token_is_401_and_wrong_token_is_403(guarded: RunningServe
     assert (await rejected(guarded.ws_url, subprotocols=["wirthforge.v1"])).status_code == 401
 
 
+async def run_watch(url: str, *args: str, **env: str) -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(30):
+        return await trio.run_process(
+            [str(BIN / "wirthforge"), "watch", "--url", url, *args],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env={**env_without_token(), **env},
+        )
+
+
+async def test_watch_sends_the_token_and_says_what_to_do_when_refused(
+    guarded: RunningServer,
+) -> None:
+    """``wirthforge watch`` sends WIRTHFORGE_TOKEN (or ``--token``) as a Bearer header. Refused
+    for a missing or wrong token, it stops at once (retrying cannot help) with one line that
+    names the status and the fix, and never the token."""
+    watching = await run_watch(
+        guarded.ws_url, "--summary", "--seconds", "1.5", WIRTHFORGE_TOKEN=TOKEN
+    )
+    assert watching.returncode == 0, watching.stderr
+    assert b"state=connected" in watching.stdout
+    given = await run_watch(guarded.ws_url, "--seconds", "0.5", "--token", TOKEN)
+    assert given.returncode == 0 and b"energy_update" in given.stdout, given.stderr
+    for args, env, status, words in (
+        ((), {}, b"401", b"WIRTHFORGE_TOKEN"),
+        (("--token", "not-the-right-token"), {}, b"403", b"wrong"),
+        ((), {"WIRTHFORGE_TOKEN": TOKEN + "x"}, b"403", b"wrong"),
+    ):
+        started = trio.current_time()
+        refused = await run_watch(guarded.ws_url, *args, **env)
+        assert trio.current_time() - started < 15  # no retrying (watch runs until stopped)
+        assert refused.returncode == 1
+        lines = refused.stderr.decode().strip().splitlines()
+        assert len(lines) == 1, refused.stderr
+        assert status in refused.stderr and words in refused.stderr and b"--token" in refused.stderr
+        assert TOKEN.encode() not in refused.stderr + refused.stdout
+        assert b"Traceback" not in refused.stderr
+
+
 async def test_token_in_the_query_is_refused_with_400(guarded: RunningServer) -> None:
     for query in (f"token={TOKEN}", f"access_token={TOKEN}", f"resume=1&Token={TOKEN}"):
         refusal = await rejected(f"{guarded.ws_url}?{query}", extra_headers=WS_BEARER)

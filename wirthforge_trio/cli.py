@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -13,7 +14,7 @@ from pathlib import Path
 import trio
 
 from . import __version__
-from .config import DEFAULT_PORT, ENVIRONMENT_VARIABLES, Settings, SettingsError
+from .config import DEFAULT_PORT, ENVIRONMENT_VARIABLES, Settings, SettingsError, check_token
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("--url", default="ws://127.0.0.1:8145/ws", help="the server's WebSocket")
     watch.add_argument("--summary", action="store_true", help="one line per second")
     watch.add_argument("--seconds", type=float, help="stop after this many seconds")
+    watch.add_argument(
+        "--token",
+        help="the server's access token, if it has one (default: WIRTHFORGE_TOKEN; prefer "
+        "the variable, since other local users can read a command line)",
+    )
 
     commands.add_parser(
         "bench",
@@ -96,7 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "watch":
             from .watch import watch
 
-            return trio.run(partial(watch, args.url, summary=args.summary, seconds=args.seconds))
+            token = args.token or os.environ.get("WIRTHFORGE_TOKEN") or None
+            if token is not None:
+                check_token(token)  # one that no header could carry is named, not sent
+            return trio.run(
+                partial(watch, args.url, summary=args.summary, seconds=args.seconds, token=token)
+            )
         return _schema(args)
     except SettingsError as exc:
         print(f"wirthforge: error: {exc}", file=sys.stderr)

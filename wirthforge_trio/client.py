@@ -3,10 +3,13 @@
 ``async with connect(url) as client`` opens a nursery holding one supervisor task. The
 supervisor (re)connects with trio-websocket, answers heartbeats, runs a watchdog, and after
 any abnormal end (an error, a close other than 1000, a silent server) reconnects with
-jittered exponential backoff. Each connection is opened with ``?resume=1`` and starts with a
-``resume`` message built from what the client holds, so a reconnect loses nothing and
-duplicates nothing: the server answers with a ``state_snapshot``, the lossless events that
-were missed, and per held session exactly the tokens after the count the client reported.
+jittered exponential backoff. A handshake the server refuses with a 4xx status (a missing or
+wrong access token, a wrong path) is not retried, since it would be refused again: the client
+closes, and ``last_error`` holds the refusal with the server's explanation. Each connection
+is opened with ``?resume=1`` and starts with a ``resume`` message built from what the client
+holds, so a reconnect loses nothing and duplicates nothing: the server answers with a
+``state_snapshot``, the lossless events that were missed, and per held session exactly the
+tokens after the count the client reported.
 
 Events reach the user through a bounded Trio memory channel (``async for event in client``).
 A user that stops reading fills it; the socket reader then blocks, trio-websocket stops
@@ -33,6 +36,7 @@ import orjson
 import trio
 from trio_websocket import (
     ConnectionClosed,
+    ConnectionRejected,
     HandshakeError,
     WebSocketConnection,
     open_websocket_url,
@@ -542,6 +546,13 @@ class Client:
                     if link is not None and link.close_code == CLOSE_NORMAL:
                         log.info("server closed the connection normally (1000): not reconnecting")
                         break
+                    if link is None and refusal_is_final(self.last_error):
+                        log.info(
+                            "%s refused the connection (%s): not retrying",
+                            self.url,
+                            describe_handshake_error(self.last_error),
+                        )
+                        break
                     if self.max_attempts is not None and failures + 1 >= self.max_attempts:
                         log.warning(
                             "giving up on %s after %d failed attempt(s): %r",
@@ -839,6 +850,32 @@ class Client:
 
 
 # --- entry point ----------------------------------------------------------------------------
+
+
+def refusal_is_final(error: BaseException | None) -> bool:
+    """Whether a failed handshake would fail again the same way: refused with a 4xx status,
+    but not 408 (timeout) or 429 (too many requests), which say "later"."""
+    return (
+        isinstance(error, ConnectionRejected)
+        and 400 <= error.status_code < 500
+        and error.status_code not in (408, 429)
+    )
+
+
+def describe_handshake_error(error: ConnectionRejected | BaseException | None) -> str:
+    """A failed handshake as one line: for a refusal, the status and what the server said
+    (its JSON ``error``, else the start of its body); else the error and its cause."""
+    if not isinstance(error, ConnectionRejected):
+        cause = None if error is None else error.__cause__
+        return repr(error) if cause is None else f"{error!r} ({cause})"
+    body = (error.body or b"")[:2000]
+    try:
+        said = orjson.loads(body).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        said = None
+    if not isinstance(said, str):
+        said = body.decode("utf-8", "replace").strip()[:200]
+    return f"HTTP {error.status_code}" + (f": {said}" if said else "")
 
 
 @asynccontextmanager

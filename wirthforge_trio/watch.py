@@ -16,7 +16,14 @@ from typing import Final, TextIO
 import attrs
 import trio
 
-from .client import Client, ClientError, ConnectionState, connect
+from .client import (
+    Client,
+    ClientError,
+    ConnectionState,
+    connect,
+    describe_handshake_error,
+    refusal_is_final,
+)
 from .contract.events import ErrorEvent, Event, FrameEvent, Heartbeat, TokenStream
 
 PING_TIMEOUT: Final = 1.0
@@ -115,15 +122,22 @@ async def _reporter(client: Client, summary: _Summary, out: TextIO) -> None:
 
 
 async def watch(
-    url: str, *, summary: bool, out: TextIO = sys.stdout, seconds: float | None = None
+    url: str,
+    *,
+    summary: bool,
+    out: TextIO = sys.stdout,
+    seconds: float | None = None,
+    token: str | None = None,
 ) -> int:
     """Watch ``url`` until ``seconds`` pass (None: until the server closes with 1000).
 
-    Returns 0 if a connection was made, 1 if the server could never be reached.
-    Reconnects on its own, so it also shows a server coming back.
+    Returns 0 if a connection was made, 1 if the server could never be reached or refused
+    the connection. Reconnects on its own, so it also shows a server coming back.
+    ``token``: the server's access token, sent as a Bearer header.
     """
     deadline = math.inf if seconds is None else trio.current_time() + seconds
-    async with connect(url) as client:
+    headers = None if token is None else {"Authorization": f"Bearer {token}"}
+    async with connect(url, extra_headers=headers) as client:
         state = _Summary()
         with trio.CancelScope(deadline=deadline):
             async with trio.open_nursery() as nursery:
@@ -137,8 +151,20 @@ async def watch(
                         print(event_line(event), file=out, flush=True)
                 nursery.cancel_scope.cancel()  # the client closed for good (1000)
     if not any(new is ConnectionState.CONNECTED for _, new in client.transitions):
-        print(
-            f"wirthforge watch: could not connect to {url}: {client.last_error!r}", file=sys.stderr
-        )
+        error = client.last_error
+        if refusal_is_final(error):
+            status = getattr(error, "status_code", None)
+            hint = ""
+            if status == 401:
+                hint = "; give it the server's access token in WIRTHFORGE_TOKEN (or --token)"
+            elif status == 403 and token is not None:
+                hint = "; check the access token given in WIRTHFORGE_TOKEN or --token"
+            why = describe_handshake_error(error)
+            print(f"wirthforge watch: {url} refused the connection ({why}){hint}", file=sys.stderr)
+        else:
+            print(
+                f"wirthforge watch: could not connect to {url}: {describe_handshake_error(error)}",
+                file=sys.stderr,
+            )
         return 1
     return 0

@@ -65,6 +65,10 @@ class WebSocketPort(Protocol):
     async def close(self, code: int, reason: str = "") -> None: ...
 
 
+def _nothing() -> None:
+    pass
+
+
 def wall_ms() -> int:
     """Unix epoch milliseconds, as the contract's timestamps are."""
     return time.time_ns() // 1_000_000
@@ -316,6 +320,10 @@ class Connection:
             self.heartbeats.leave(self)
             if self.direct is not None:
                 self.direct.stop_receiving_inline()
+                # The lane stays closed from here on, and neither the socket nor the mailbox
+                # refers back to the connection (no reference cycle left to the collector).
+                self.frame_socket = None
+                self.direct.on_switch = self.mailbox.on_parking = _nothing
         if watchdog.cancelled_caught:
             log.info(
                 "connection %s missed heartbeats for %.1f s: closing",

@@ -171,11 +171,11 @@ def lanes_checked(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     publish = Hub._publish_frame
     open_lanes = [0]
 
-    def checking(self: Hub, number: int, events: Any) -> None:
+    def checking(self: Hub, frame: Any) -> None:
         for connection in self:
             assert (connection.frame_socket is not None) == lane_due(connection)
             open_lanes[0] += connection.frame_socket is not None
-        publish(self, number, events)
+        publish(self, frame)
 
     monkeypatch.setattr(Hub, "_publish_frame", checking)
     yield open_lanes

@@ -13,6 +13,8 @@ import jsonschema
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wirthforge_trio.contract.codec import encode
 from wirthforge_trio.contract.events import (
@@ -35,9 +37,11 @@ from wirthforge_trio.engine.decipher import (
     FrameOutput,
     Retention,
     Session,
+    energy_update,
     model_id_for,
 )
 from wirthforge_trio.engine.energy import PROFILES
+from wirthforge_trio.engine.rest_text import RestFrameText
 from wirthforge_trio.sources.base import SourceError, Token
 
 CONTRACT_DIR = Path(__file__).resolve().parents[2] / "shared" / "contract"
@@ -472,29 +476,45 @@ def test_every_decipher_event_validates_against_published_schema(
     assert frame_numbers == sorted(frame_numbers)
 
 
+def _mask(text: str) -> str:
+    """What differs between two runs of the same inputs masked: wall-clock milliseconds, the
+    tick's own processing time, random session ids."""
+    text = re.sub(r'"timestamp":\d+', '"timestamp":T', text)
+    text = re.sub(r'"processingTime":[0-9.e-]+', '"processingTime":P', text)
+    return re.sub(r"s-[0-9a-f]{16}", "s-ID", text)
+
+
 def _wire(out: FrameOutput) -> tuple[list[str], list[str]]:
-    """The tick's messages as sent, with what differs between two runs of the same inputs
-    (wall-clock milliseconds, the tick's own processing time, random session ids) masked."""
-
-    def mask(text: str) -> str:
-        text = re.sub(r'"timestamp":\d+', '"timestamp":T', text)
-        text = re.sub(r'"processingTime":[0-9.e-]+', '"processingTime":P', text)
-        return re.sub(r"s-[0-9a-f]{16}", "s-ID", text)
-
-    return [mask(encode(e)) for e in out.frame_events], [
-        mask(encode(e)) for e in out.lossless_events
+    """The tick's messages as sent, masked (:func:`_mask`)."""
+    return [_mask(encode(e)) for e in out.frame_events], [
+        _mask(encode(e)) for e in out.lossless_events
     ]
 
 
+def _wire_as_served(d: Decipher, frame: int, now: float) -> tuple[list[str], list[str]]:
+    """The tick's messages as the engine has them sent: the frame at rest as text when it
+    is one (:meth:`Decipher.tick_as_text`), else :meth:`Decipher.tick`'s events."""
+    at_rest = d.tick_as_text(frame, now)
+    if at_rest is None:
+        return _wire(d.tick(frame, now))
+    channel, models, text = at_rest
+    event = json.loads(text)
+    assert (channel, models) == (event["channel"], (event["payload"]["modelId"],))
+    assert event["frameNumber"] == frame and 0 <= event["payload"]["processingTime"] <= 16.67
+    return [_mask(text)], []
+
+
 def test_frames_at_rest_take_the_short_path_and_say_exactly_what_the_long_one_would() -> None:
-    """Two Deciphers fed the same inputs, one without the short path at rest: idle, a council
-    of two models, the end and a long decay, an error and an embedder's frame event at rest,
-    sessions ageing out of retention. Every frame and every lossless event is the same."""
+    """Three Deciphers fed the same inputs, one without the short path at rest, one asked for
+    the frame at rest as text first, as the engine does: idle, a council of two models, the
+    end and a long decay, an error and an embedder's frame event at rest, sessions ageing out
+    of retention. Every frame and every lossless event is the same."""
     keep = Retention(sessions=64, events=1000, seconds=20.0)
     short = Decipher(["demo", "alt"], PROFILES["default"], "demo", retention=keep)
     long = Decipher(["demo", "alt"], PROFILES["default"], "demo", retention=keep)
+    served = Decipher(["demo", "alt"], PROFILES["default"], "demo", retention=keep)
     long.rest_enabled = False
-    sessions: dict[int, list[Session]] = {0: [], 1: []}
+    sessions: dict[int, list[Session]] = {0: [], 1: [], 2: []}
     rest_by_frame: list[bool] = []
     extra = EnergyUpdate(
         timestamp=1,
@@ -509,7 +529,7 @@ def test_frames_at_rest_take_the_short_path_and_say_exactly_what_the_long_one_wo
     )
     for frame in range(1, 60 * 50):
         now = frame * PERIOD
-        for i, d in enumerate((short, long)):
+        for i, d in enumerate((short, long, served)):
             if frame == 30:
                 sessions[i] = [d.start_session("demo", now), d.start_session("alt", now)]
                 d.council_started(2)
@@ -525,12 +545,12 @@ def test_frames_at_rest_take_the_short_path_and_say_exactly_what_the_long_one_wo
                 d.report_frame_event(extra)
         before = short.rest_frames
         a, b = short.tick(frame, now), long.tick(frame, now)
-        assert _wire(a) == _wire(b), frame
+        assert _wire(a) == _wire(b) == _wire_as_served(served, frame, now), frame
         # What /status and a resume's snapshot show (E to at most 6 decimals) agrees too.
         shown = [(str(e.state), round(e.intensity, 6)) for e in short.energies.values()]
         assert shown == [(str(e.state), round(e.intensity, 6)) for e in long.energies.values()]
         rest_by_frame.append(short.rest_frames > before)
-    assert long.rest_frames == 0
+    assert long.rest_frames == 0 and served.rest_frames == short.rest_frames
     assert all(rest_by_frame[1:29])  # idle from the start
     assert not any(rest_by_frame[29:151])  # sessions live
     dark = next(f for f in range(151, len(rest_by_frame)) if rest_by_frame[f])
@@ -539,8 +559,31 @@ def test_frames_at_rest_take_the_short_path_and_say_exactly_what_the_long_one_wo
     assert not rest_by_frame[1999] and not rest_by_frame[2199] and not rest_by_frame[2200]
     assert all(rest_by_frame[2201:])
     # Retention by age went on at rest: both sessions aged out of both Deciphers.
-    assert list(short.sessions) == [] and list(long.sessions) == []
-    assert len(short.history) == len(long.history) > 0
+    assert list(short.sessions) == list(long.sessions) == list(served.sessions) == []
+    assert len(short.history) == len(long.history) == len(served.history) > 0
+
+
+@given(
+    model_id=st.text(min_size=1, max_size=40),
+    total=st.floats(min_value=0, max_value=1e12, allow_nan=False),
+    timestamp=st.integers(min_value=0, max_value=2**53),
+    frame_number=st.integers(min_value=0, max_value=2**53),
+    processing_ms=st.floats(min_value=0, max_value=100, allow_nan=False),
+)
+@settings(max_examples=300, deadline=None)
+def test_the_frame_at_rest_as_text_is_the_codecs_text(
+    model_id: str, total: float, timestamp: int, frame_number: int, processing_ms: float
+) -> None:
+    """Filled in, the text at rest is exactly what the codec makes of the energy_update
+    (a model id that holds a placeholder's digits is refused, and tick() builds the frame)."""
+    try:
+        text = RestFrameText(model_id, total)
+    except ValueError:
+        return
+    capped = min(processing_ms, FRAME_BUDGET_MS)
+    expected = encode(energy_update(model_id, total, 0, capped, frame_number, timestamp))
+    assert text.render(timestamp, frame_number, processing_ms) == expected
+    assert (text.channel, text.model_ids) == ("energy", (model_id,))
 
 
 def model_error_event() -> ErrorEvent:

@@ -60,6 +60,9 @@ class Recorder:
         if number in self.slow_frames:
             time.sleep(0.03)  # a frame that runs over its 16.67 ms budget
 
+    def publish_frame_text(self, number: int, message: tuple[str, tuple[str, ...], str]) -> None:
+        self.publish_frame(number, ())
+
     def publish(self, event: Event) -> None:
         self.events.append(event)
 

@@ -33,6 +33,7 @@ from ..contract.events import (
 from ..sources.base import SourceError, Token
 from .council import CouncilAnalyzer, ensemble_energy
 from .energy import EU_PER_TOKEN, EnergyProfile, FlowState, ModelEnergy
+from .rest_text import RestFrameText
 from .rewards import RewardLedger
 
 FIELD_CHANGE: Final = 0.01
@@ -159,6 +160,7 @@ class Decipher:
         """Frames built on the short path: nothing generating, nothing pending, all dark."""
         self._at_rest = False
         self._retention_due = 0.0
+        self._rest_text: RestFrameText | None = None
 
     # -- inputs -----------------------------------------------------------------------------
 
@@ -228,7 +230,7 @@ class Decipher:
         started = time.perf_counter()
         wall = _wall_ms()
         self.frame_number = frame_number
-        if self._at_rest and not (self._live or self._pending_events or self._pending_frame_events):
+        if self._still_at_rest():
             return self._rest_frame(frame_number, now, wall, started)
         lossless: list[Event] = self._token_batches(wall, now)
         lossless.extend(self._pending_events)
@@ -317,13 +319,45 @@ class Decipher:
             )
         )
 
-    def _rest_frame(self, frame_number: int, now: float, wall: int, started: float) -> FrameOutput:
-        """The frame at rest: what :meth:`tick` would build, without the work that cannot
-        change it (decay below :data:`REST_INTENSITY` is settled by the next input)."""
+    def _still_at_rest(self) -> bool:
+        """At rest, and no input since the last frame has ended it."""
+        return self._at_rest and not (
+            self._live or self._pending_events or self._pending_frame_events
+        )
+
+    def tick_as_text(
+        self, frame_number: int, now: float
+    ) -> tuple[str, tuple[str, ...], str] | None:
+        """The frame at rest as (channel, modelIds, wire text) of its one message: what
+        :meth:`tick` would build, encoded, without building it (``rest_text.py``). None when
+        not at rest, and nothing is done: then the frame is :meth:`tick`'s."""
+        if not self._still_at_rest():
+            return None
+        started = time.perf_counter()
+        wall = _wall_ms()
+        total = self.energies[self.default_model].total_eu
+        text = self._rest_text
+        if text is None or text.total != total:
+            try:
+                text = self._rest_text = RestFrameText(self.default_model, total)
+            except ValueError:  # a model id holding a placeholder's digits: build it then
+                return None
+        self.frame_number = frame_number
+        self._rest_bookkeeping(frame_number, now)
+        processing_ms = (time.perf_counter() - started) * 1000.0
+        return text.channel, text.model_ids, text.render(wall, frame_number, processing_ms)
+
+    def _rest_bookkeeping(self, frame_number: int, now: float) -> None:
+        """What a frame at rest still does: count, and age sessions out of retention."""
         self.rest_frames += 1
         if now >= self._retention_due:
             self._retention_due = now + REST_RETENTION_INTERVAL
             self._remember(frame_number, now, [])
+
+    def _rest_frame(self, frame_number: int, now: float, wall: int, started: float) -> FrameOutput:
+        """The frame at rest: what :meth:`tick` would build, without the work that cannot
+        change it (decay below :data:`REST_INTENSITY` is settled by the next input)."""
+        self._rest_bookkeeping(frame_number, now)
         model_id = self.default_model
         processing_ms = min((time.perf_counter() - started) * 1000.0, FRAME_BUDGET_MS)
         total = self.energies[model_id].total_eu

@@ -56,11 +56,20 @@ class Hub:
         """Encode the frame's events once and offer them to every connection's frame slot;
         then send the heartbeats that are due (the contract counts them in frames)."""
         if self._connections:
-            self._publish_frame(number, events)
+            self._publish_frame(
+                Frame(number, tuple((e.CHANNEL, models_of(e), encode(e)) for e in events))
+            )
         self.heartbeats.beat_due(trio.current_time())
 
-    def _publish_frame(self, number: int, events: Iterable[FrameEvent]) -> None:
-        frame = Frame(number, tuple((e.CHANNEL, models_of(e), encode(e)) for e in events))
+    def publish_frame_text(self, number: int, message: tuple[str, tuple[str, ...], str]) -> None:
+        """As :meth:`publish_frame`, for a frame of one message already encoded (the frame
+        at rest): (channel, modelIds, wire text)."""
+        if self._connections:
+            self._publish_frame(Frame(number, (message,)))
+        self.heartbeats.beat_due(trio.current_time())
+
+    def _publish_frame(self, frame: Frame) -> None:
+        number = frame.number
         debug = log.isEnabledFor(logging.DEBUG)
         data, messages = frame.data, len(frame.framed)
         size = len(data)

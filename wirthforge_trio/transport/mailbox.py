@@ -22,33 +22,51 @@ from ..contract.events import TokenStream, TokenStreamPayload
 from .direct import text_frame
 
 
-@attrs.frozen
 class Frame:
-    """One frame's messages, each encoded once and shared by every connection."""
+    """One frame's messages, each encoded once and shared by every connection.
 
-    number: int
-    messages: tuple[tuple[str, tuple[str, ...], str], ...]
-    """(channel, modelIds, wire text) for each event."""
-    texts: tuple[str, ...] = attrs.field(
-        init=False, default=attrs.Factory(lambda self: tuple(m[2] for m in self.messages), True)
-    )
-    """The wire texts of the messages, in order."""
-    framed: tuple[bytes, ...] = attrs.field(
-        init=False,
-        default=attrs.Factory(lambda self: tuple(text_frame(t.encode()) for t in self.texts), True),
-    )
-    """Each message as an unmasked text frame, the same bytes for every connection without
-    extensions (``direct.py``)."""
-    data: bytes = attrs.field(
-        init=False, default=attrs.Factory(lambda self: b"".join(self.framed), True)
-    )
-    """The whole frame as written to a connection that takes all of it (:attr:`framed`
-    joined once for all)."""
-    channels: frozenset[str] = attrs.field(
-        init=False, default=attrs.Factory(lambda self: frozenset(m[0] for m in self.messages), True)
-    )
-    """The channels of the messages: a connection subscribed to all of them (and without a
-    model filter) takes the whole frame without a check per message."""
+    Built on every tick, at rest too, so its fields are worked out at once in plain code
+    (as an attrs class with a factory per field it took several calls more per frame)."""
+
+    __slots__ = ("channels", "data", "framed", "messages", "number", "texts")
+
+    def __init__(self, number: int, messages: tuple[tuple[str, tuple[str, ...], str], ...]):
+        self.number = number
+        self.messages = messages
+        """(channel, modelIds, wire text) for each event."""
+        self.texts: tuple[str, ...]
+        """The wire texts of the messages, in order."""
+        self.framed: tuple[bytes, ...]
+        """Each message as an unmasked text frame, the same bytes for every connection without
+        extensions (``direct.py``)."""
+        self.data: bytes
+        """The whole frame as written to a connection that takes all of it (:attr:`framed`
+        joined once for all)."""
+        self.channels: frozenset[str]
+        """The channels of the messages: a connection subscribed to all of them (and without a
+        model filter) takes the whole frame without a check per message."""
+        if len(messages) == 1:  # every frame at rest, and most others
+            channel, _, text = messages[0]
+            self.texts = (text,)
+            self.data = text_frame(text.encode())
+            self.framed = (self.data,)
+            self.channels = frozenset((channel,))
+        else:
+            self.texts = tuple(text for _, _, text in messages)
+            self.framed = tuple(text_frame(text.encode()) for text in self.texts)
+            self.data = b"".join(self.framed)
+            self.channels = frozenset(channel for channel, _, _ in messages)
+
+    def __repr__(self) -> str:
+        return f"Frame(number={self.number!r}, messages={self.messages!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Frame):
+            return NotImplemented
+        return (self.number, self.messages) == (other.number, other.messages)
+
+    def __hash__(self) -> int:
+        return hash((self.number, self.messages))
 
 
 @attrs.define

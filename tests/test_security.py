@@ -18,7 +18,15 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    WebSocketRequest,
+    open_websocket_url,
+    serve_websocket,
+)
+
+from wirthforge_trio.watch import watch
 
 from .conftest import RunningServer, start_server, test_settings
 from .test_commands import BIN, ROOT, free_port, wait_healthy
@@ -317,6 +325,30 @@ async def test_watch_sends_the_token_and_says_what_to_do_when_refused(
         assert status in refused.stderr and words in refused.stderr and b"--token" in refused.stderr
         assert TOKEN.encode() not in refused.stderr + refused.stdout
         assert b"Traceback" not in refused.stderr
+
+
+async def test_watch_stops_when_a_reconnect_is_refused(
+    nursery: trio.Nursery, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server that took the first connection and refuses the next one (say, it came back
+    with another token): watch stops with the refusal and exit status 1, not silently."""
+    requests: list[int] = []
+
+    async def first_then_refuse(request: WebSocketRequest) -> None:
+        requests.append(len(requests))
+        if len(requests) == 1:
+            ws = await request.accept()
+            await ws.aclose(1011, "restarting")
+        else:
+            await request.reject(401, body=b'{"error": "this server requires its access token"}')
+
+    server = await nursery.start(serve_websocket, first_then_refuse, "127.0.0.1", 0, None)
+    with trio.fail_after(20):
+        status = await watch(f"ws://127.0.0.1:{server.port}/ws", summary=False, token=None)
+    assert status == 1 and len(requests) == 2
+    err = capsys.readouterr().err
+    assert "refused the connection (HTTP 401: this server requires its access token)" in err
+    assert "WIRTHFORGE_TOKEN" in err
 
 
 async def test_token_in_the_query_is_refused_with_400(guarded: RunningServer) -> None:

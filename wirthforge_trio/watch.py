@@ -131,9 +131,10 @@ async def watch(
 ) -> int:
     """Watch ``url`` until ``seconds`` pass (None: until the server closes with 1000).
 
-    Returns 0 if a connection was made, 1 if the server could never be reached or refused
-    the connection. Reconnects on its own, so it also shows a server coming back.
-    ``token``: the server's access token, sent as a Bearer header.
+    Returns 0 if a connection was made, 1 if the server could never be reached or refused a
+    connection (a refusal ends the watch, on a reconnect too). Otherwise it reconnects on its
+    own, so it also shows a server coming back. ``token``: the server's access token, sent
+    as a Bearer header.
     """
     deadline = math.inf if seconds is None else trio.current_time() + seconds
     headers = None if token is None else {"Authorization": f"Bearer {token}"}
@@ -150,21 +151,21 @@ async def watch(
                     else:
                         print(event_line(event), file=out, flush=True)
                 nursery.cancel_scope.cancel()  # the client closed for good (1000)
+    error = client.last_error
+    if refusal_is_final(error):  # the client stopped for it (at once, or on a reconnect)
+        status = getattr(error, "status_code", None)
+        hint = ""
+        if status == 401:
+            hint = "; give it the server's access token in WIRTHFORGE_TOKEN (or --token)"
+        elif status == 403 and token is not None:
+            hint = "; check the access token given in WIRTHFORGE_TOKEN or --token"
+        why = describe_handshake_error(error)
+        print(f"wirthforge watch: {url} refused the connection ({why}){hint}", file=sys.stderr)
+        return 1
     if not any(new is ConnectionState.CONNECTED for _, new in client.transitions):
-        error = client.last_error
-        if refusal_is_final(error):
-            status = getattr(error, "status_code", None)
-            hint = ""
-            if status == 401:
-                hint = "; give it the server's access token in WIRTHFORGE_TOKEN (or --token)"
-            elif status == 403 and token is not None:
-                hint = "; check the access token given in WIRTHFORGE_TOKEN or --token"
-            why = describe_handshake_error(error)
-            print(f"wirthforge watch: {url} refused the connection ({why}){hint}", file=sys.stderr)
-        else:
-            print(
-                f"wirthforge watch: could not connect to {url}: {describe_handshake_error(error)}",
-                file=sys.stderr,
-            )
+        print(
+            f"wirthforge watch: could not connect to {url}: {describe_handshake_error(error)}",
+            file=sys.stderr,
+        )
         return 1
     return 0

@@ -209,10 +209,8 @@ class Connection:
             written = not chosen or direct.write_now(
                 [frame.texts[i] for i in chosen], [frame.framed[i] for i in chosen]
             )
-        if written:
-            self.mailbox.frames_offered += 1
-            if debug:
-                log.debug("connection %s sent frame %d", self.id, frame.number)
+        if written and debug:
+            log.debug("connection %s sent frame %d", self.id, frame.number)
         return written
 
     def offer_frame(self, frame: Frame) -> None:

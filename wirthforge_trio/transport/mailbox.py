@@ -139,6 +139,8 @@ class Mailbox:
         self.on_parking: Callable[[], None] = lambda: None
         """Called after every change of :attr:`writer_parked` (the connection follows it)."""
         self.frames_offered = 0
+        """Frames put in the slot (a frame written at once, by the hub's lane or by
+        ``write_frame_now``, never reaches it: those count as the socket's writes)."""
         self.frames_replaced = 0
         self.batches_merged = 0
         self.queued_bytes = 0

@@ -568,22 +568,33 @@ def test_frames_at_rest_take_the_short_path_and_say_exactly_what_the_long_one_wo
     total=st.floats(min_value=0, max_value=1e12, allow_nan=False),
     timestamp=st.integers(min_value=0, max_value=2**53),
     frame_number=st.integers(min_value=0, max_value=2**53),
-    processing_ms=st.floats(min_value=0, max_value=100, allow_nan=False),
+    processing_ns=st.integers(min_value=0, max_value=100_000_000),
 )
 @settings(max_examples=300, deadline=None)
 def test_the_frame_at_rest_as_text_is_the_codecs_text(
-    model_id: str, total: float, timestamp: int, frame_number: int, processing_ms: float
+    model_id: str, total: float, timestamp: int, frame_number: int, processing_ns: int
 ) -> None:
     """Filled in, the text at rest is exactly what the codec makes of the energy_update
-    (a model id that holds a placeholder's digits is refused, and tick() builds the frame)."""
+    with the processing time cut to 0.1 µs and to the frame budget (a model id that holds a
+    placeholder's digits is refused, and tick() builds the frame)."""
     try:
         text = RestFrameText(model_id, total)
     except ValueError:
         return
-    capped = min(processing_ms, FRAME_BUDGET_MS)
-    expected = encode(energy_update(model_id, total, 0, capped, frame_number, timestamp))
-    assert text.render(timestamp, frame_number, processing_ms) == expected
+    processing_ms = min(processing_ns // 100 / 10_000, FRAME_BUDGET_MS)
+    expected = encode(energy_update(model_id, total, 0, processing_ms, frame_number, timestamp))
+    assert text.render(timestamp, frame_number, processing_ns) == expected
     assert (text.channel, text.model_ids) == ("energy", (model_id,))
+
+
+def test_every_processing_time_at_rest_is_written_as_the_codec_writes_it() -> None:
+    """Every processing time a frame at rest can carry, 0 to 16.67 ms in steps of 0.1 µs,
+    and beyond the budget: the text's number is the codec's."""
+    text = RestFrameText("demo", 12.5)
+    for units in range(0, 166_700 + 50):
+        processing_ms = min(units / 10_000, FRAME_BUDGET_MS)
+        expected = encode(energy_update("demo", 12.5, 0, processing_ms, 7, 1_700_000_000_000))
+        assert text.render(1_700_000_000_000, 7, units * 100 + units % 100) == expected
 
 
 def model_error_event() -> ErrorEvent:

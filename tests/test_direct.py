@@ -37,9 +37,12 @@ from .conftest import RunningServer, check_message, start_server, test_settings
 from .test_client import eventually
 
 
-@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
-def test_a_text_frame_is_what_wsproto_would_send(size: int) -> None:
-    text = ("é" * size)[:size]  # two bytes a character: lengths on both sides of a boundary
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 1023, 1024, 65535, 65536, 70000])
+@pytest.mark.parametrize("char", ["x", "é"])
+def test_a_text_frame_is_what_wsproto_would_send(size: int, char: str) -> None:
+    """Byte lengths on both sides of every boundary: the second byte's, the table of headers
+    (1 KiB), the 16-bit length's; in one and two bytes a character."""
+    text = (char * size).encode()[:size].decode(errors="ignore")
     server = Connection(ConnectionType.SERVER)
     assert text_frame(text.encode()) == server.send(TextMessage(data=text))
 

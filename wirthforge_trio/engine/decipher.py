@@ -333,7 +333,7 @@ class Decipher:
         not at rest, and nothing is done: then the frame is :meth:`tick`'s."""
         if not self._still_at_rest():
             return None
-        started = time.perf_counter()
+        started = time.perf_counter_ns()
         wall = _wall_ms()
         total = self.energies[self.default_model].total_eu
         text = self._rest_text
@@ -344,8 +344,8 @@ class Decipher:
                 return None
         self.frame_number = frame_number
         self._rest_bookkeeping(frame_number, now)
-        processing_ms = (time.perf_counter() - started) * 1000.0
-        return text.channel, text.model_ids, text.render(wall, frame_number, processing_ms)
+        processing_ns = time.perf_counter_ns() - started
+        return text.channel, text.model_ids, text.render(wall, frame_number, processing_ns)
 
     def _rest_bookkeeping(self, frame_number: int, now: float) -> None:
         """What a frame at rest still does: count, and age sessions out of retention."""

@@ -6,7 +6,12 @@ processing time change. Building that event, encoding it and framing it on every
 most of what an idle server did per frame beyond waking up (``docs/benchmarks/README.md``),
 and it ran with caches gone cold between frames. So the text is made once by the codec, from
 an event whose three changing numbers are placeholders, and cut at them; each frame joins the
-pieces around its own numbers, written as the codec writes them (orjson for the float).
+pieces around its own numbers, written as the codec writes them.
+
+The processing time is the one float. It is taken in whole nanoseconds and cut to the
+codec's four decimals of a millisecond, then written from a table of the 10,000 fractions:
+after 16 ms asleep every step runs with cold caches, and ``round`` with orjson's float
+formatting cost more than the rest of the frame (``docs/benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,13 @@ _TIMESTAMP: Final = 9_876_543_210_123
 _FRAME_NUMBER: Final = 8_765_432_109
 _PROCESSING_MS: Final = 7654.3219
 """Placeholders: numbers no real frame carries (a processing time is at most 16.67 ms)."""
+
+_UNIT_NS: Final = 100
+"""The processing time's unit as sent: the codec rounds milliseconds to four decimals."""
+_MAX_UNITS: Final = round(FRAME_BUDGET_MS * 1_000_000) // _UNIT_NS
+_FRACTIONS: Final = tuple(f"{units:04d}".rstrip("0") or "0" for units in range(10_000))
+"""The decimals of a millisecond, ``_FRACTIONS[units % 10_000]``, as a float is written
+(no trailing zeros, but at least one digit)."""
 
 
 class RestFrameText:
@@ -49,12 +61,14 @@ class RestFrameText:
         pieces.append(rest)
         self._pieces = tuple(pieces)
 
-    def render(self, timestamp: int, frame_number: int, processing_ms: float) -> str:
+    def render(self, timestamp: int, frame_number: int, processing_ns: int) -> str:
         """The text :func:`~wirthforge_trio.contract.codec.encode` gives for this frame's
-        energy_update (``tests/test_clock_and_decipher.py`` checks that they agree)."""
+        energy_update, with ``processing_ns`` cut to the 0.1 µs the codec keeps and to the
+        frame budget (``tests/test_clock_and_decipher.py`` checks that they agree, for every
+        processing time that can be sent)."""
         before, between, payload, after = self._pieces
-        processing = round(min(processing_ms, FRAME_BUDGET_MS), 4)
+        whole, fraction = divmod(min(processing_ns // _UNIT_NS, _MAX_UNITS), 10_000)
         return (
             f"{before}{timestamp}{between}{frame_number}{payload}"
-            f"{orjson.dumps(processing).decode()}{after}"
+            f"{whole}.{_FRACTIONS[fraction]}{after}"
         )

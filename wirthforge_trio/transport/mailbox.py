@@ -21,6 +21,10 @@ from ..contract.codec import encode
 from ..contract.events import TokenStream, TokenStreamPayload
 from .direct import text_frame
 
+_ONE_CHANNEL: dict[str, frozenset[str]] = {}
+"""The channels of a frame of one message: made once, as building a set on every tick with
+cold caches cost several times a lookup."""
+
 
 class Frame:
     """One frame's messages, each encoded once and shared by every connection.
@@ -50,7 +54,10 @@ class Frame:
             self.texts = (text,)
             self.data = text_frame(text.encode())
             self.framed = (self.data,)
-            self.channels = frozenset((channel,))
+            channels = _ONE_CHANNEL.get(channel)
+            if channels is None:  # once per channel: an event class's constant
+                channels = _ONE_CHANNEL[channel] = frozenset((channel,))
+            self.channels = channels
         else:
             self.texts = tuple(text for _, _, text in messages)
             self.framed = tuple(text_frame(text.encode()) for text in self.texts)

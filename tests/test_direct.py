@@ -292,6 +292,49 @@ async def test_the_frame_lane_is_open_only_to_clients_that_take_every_frame_whol
     await raw.stream.aclose()
 
 
+class TaskSteps(trio.abc.Instrument):
+    """How many times each task ran, by name."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, int] = {}
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps[task.name] = self.steps.get(task.name, 0) + 1
+
+
+async def test_with_nobody_behind_only_the_clock_runs_for_frames_and_heartbeats(
+    server: RunningServer,
+) -> None:
+    """Three clients that keep up: for each tick the clock's task writes the frame, and each
+    heartbeat that is due, to every socket itself. No connection's task wakes for them (one
+    step per tick in all, however many clients), and no task polls in between."""
+    clients = [await RawClient.open(server.port) for _ in range(3)]
+    counter = TaskSteps()
+    async with trio.open_nursery() as nursery:
+        for client in clients:
+            nursery.start_soon(client.read_for, 2.0, name="test client")
+        await trio.sleep(0.3)  # past the handshakes
+        received = [len(c.texts) for c in clients]
+        trio.lowlevel.add_instrument(counter)
+        try:
+            await trio.sleep(1.2)  # a heartbeat for each client, at least
+        finally:
+            trio.lowlevel.remove_instrument(counter)
+        got = [c.texts[n:] for c, n in zip(clients, received, strict=True)]
+    for messages in got:
+        assert sum(m["type"] == "heartbeat" for m in messages) >= 1
+        assert sum(m["type"] == "energy_update" for m in messages) >= 30
+    server_side = {
+        name: n
+        for name, n in counter.steps.items()
+        if name != "test client" and "test_" not in name
+    }
+    (clock,) = [name for name in server_side if name.endswith("FrameClock.run")]
+    assert set(server_side) == {clock}
+    frames = max(sum(m["type"] == "energy_update" for m in messages) for messages in got)
+    assert server_side[clock] <= frames + 3
+
+
 async def test_with_direct_writes_off_every_message_takes_the_writer(
     nursery: trio.Nursery,
 ) -> None:

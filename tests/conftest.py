@@ -126,6 +126,16 @@ class _connect:
         return await self._cm.__aexit__(*exc)  # type: ignore[no-any-return]
 
 
+class StepCounter(trio.abc.Instrument):
+    """How many times each task ran, by name (a task that polls runs every time it wakes)."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, int] = {}
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps[task.name] = self.steps.get(task.name, 0) + 1
+
+
 def test_settings(**overrides: Any) -> Settings:
     base: dict[str, Any] = {"port": 0, "demo_speed": 3.0, "log_level": "WARNING"}
     base.update(overrides)

@@ -33,7 +33,7 @@ from wsproto.extensions import PerMessageDeflate
 
 from wirthforge_trio.transport.direct import DirectSocket, leading_texts, text_frame
 
-from .conftest import RunningServer, check_message, start_server, test_settings
+from .conftest import RunningServer, StepCounter, check_message, start_server, test_settings
 from .test_client import eventually
 
 
@@ -292,16 +292,6 @@ async def test_the_frame_lane_is_open_only_to_clients_that_take_every_frame_whol
     await raw.stream.aclose()
 
 
-class TaskSteps(trio.abc.Instrument):
-    """How many times each task ran, by name."""
-
-    def __init__(self) -> None:
-        self.steps: dict[str, int] = {}
-
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        self.steps[task.name] = self.steps.get(task.name, 0) + 1
-
-
 async def test_with_nobody_behind_only_the_clock_runs_for_frames_and_heartbeats(
     server: RunningServer,
 ) -> None:
@@ -309,7 +299,7 @@ async def test_with_nobody_behind_only_the_clock_runs_for_frames_and_heartbeats(
     heartbeat that is due, to every socket itself. No connection's task wakes for them (one
     step per tick in all, however many clients), and no task polls in between."""
     clients = [await RawClient.open(server.port) for _ in range(3)]
-    counter = TaskSteps()
+    counter = StepCounter()
     async with trio.open_nursery() as nursery:
         for client in clients:
             nursery.start_soon(client.read_for, 2.0, name="test client")

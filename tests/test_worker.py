@@ -16,15 +16,7 @@ import trio
 import wirthforge_trio.app  # noqa: F401  (importing the app is what puts the wait in place)
 from wirthforge_trio.worker import wait_for_event, wait_without_polling
 
-
-class StepCounter(trio.abc.Instrument):
-    """How many times each task ran: a poll runs every time it wakes."""
-
-    def __init__(self) -> None:
-        self.steps: dict[str, int] = {}
-
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        self.steps[task.name] = self.steps.get(task.name, 0) + 1
+from .conftest import StepCounter
 
 
 @pytest.mark.parametrize(

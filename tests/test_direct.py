@@ -299,30 +299,35 @@ async def test_with_nobody_behind_only_the_clock_runs_for_frames_and_heartbeats(
     heartbeat that is due, to every socket itself. No connection's task wakes for them (one
     step per tick in all, however many clients), and no task polls in between."""
     clients = [await RawClient.open(server.port) for _ in range(3)]
+    clock = server.app.wirthforge.engine.clock
     counter = StepCounter()
     async with trio.open_nursery() as nursery:
         for client in clients:
             nursery.start_soon(client.read_for, 2.0, name="test client")
         await trio.sleep(0.3)  # past the handshakes
         received = [len(c.texts) for c in clients]
+        ticks = clock.ticks
         trio.lowlevel.add_instrument(counter)
         try:
             await trio.sleep(1.2)  # a heartbeat for each client, at least
         finally:
             trio.lowlevel.remove_instrument(counter)
+        ticks = clock.ticks - ticks
         got = [c.texts[n:] for c, n in zip(clients, received, strict=True)]
-    for messages in got:
+    assert ticks >= 30
+    for messages in got:  # every tick's frame reached every client (give or take the edges)
+        assert sum(m["type"] == "energy_update" for m in messages) >= ticks - 3
         assert sum(m["type"] == "heartbeat" for m in messages) >= 1
-        assert sum(m["type"] == "energy_update" for m in messages) >= 30
     server_side = {
         name: n
         for name, n in counter.steps.items()
         if name != "test client" and "test_" not in name
     }
-    (clock,) = [name for name in server_side if name.endswith("FrameClock.run")]
-    assert set(server_side) == {clock}
-    frames = max(sum(m["type"] == "energy_update" for m in messages) for messages in got)
-    assert server_side[clock] <= frames + 3
+    (clock_task,) = [name for name in server_side if name.endswith("FrameClock.run")]
+    assert set(server_side) == {clock_task}
+    # One step a tick; a late tick may take a second one to find its expiry (timer.py), a
+    # task that polled would take many.
+    assert server_side[clock_task] <= 1.5 * ticks + 3
 
 
 async def test_with_direct_writes_off_every_message_takes_the_writer(

@@ -55,7 +55,7 @@ from wirthforge_trio.contract.events import (
     FieldPoint,
     FrameEvent,
 )
-from wirthforge_trio.engine.decipher import energy_update
+from wirthforge_trio.engine.energy import energy_update
 
 KIND_UPDATE: Final = 1
 KIND_FIELD: Final = 2

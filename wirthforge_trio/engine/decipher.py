@@ -20,8 +20,6 @@ from ..contract.events import (
     FRAME_BUDGET_MS,
     EnergyField,
     EnergyFieldPayload,
-    EnergyUpdate,
-    EnergyUpdatePayload,
     ErrorEvent,
     ErrorPayload,
     Event,
@@ -32,7 +30,7 @@ from ..contract.events import (
 )
 from ..sources.base import SourceError, Token
 from .council import CouncilAnalyzer, ensemble_energy
-from .energy import EU_PER_TOKEN, EnergyProfile, FlowState, ModelEnergy
+from .energy import EU_PER_TOKEN, EnergyProfile, FlowState, ModelEnergy, energy_update
 from .rest_text import RestFrameText
 from .rewards import RewardLedger
 
@@ -503,24 +501,6 @@ def model_error(
             component="model",
             details=dict(details or {"modelId": model_id}),
             recoverable=True,
-        ),
-    )
-
-
-def energy_update(
-    model_id: str, total: float, tokens: int, processing_ms: float, frame_number: int, wall: int
-) -> EnergyUpdate:
-    """One model's energy_update: its total and this frame's tokens, as the wire rounds them
-    (the engine's frames, and the benchmarks' representative ones)."""
-    return EnergyUpdate(
-        timestamp=wall,
-        frame_number=frame_number,
-        payload=EnergyUpdatePayload(
-            total_energy=round(total, 6),
-            delta_energy=round(tokens * EU_PER_TOKEN, 6),
-            tokens_generated=tokens,
-            processing_time=round(processing_ms, 4),
-            model_id=model_id,
         ),
     )
 

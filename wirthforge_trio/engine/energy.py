@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 import attrs
 
-from wirthforge_trio.sources.base import Token
+from ..contract.events import EnergyUpdate, EnergyUpdatePayload
+from ..sources.base import Token
 
 __all__ = [
     "BURST_TPS",
@@ -361,3 +362,21 @@ class ModelEnergy:
             and now - self._sat_since >= SATURATION_HOLD_S
         ):
             self._state = FlowState.SATURATED
+
+
+def energy_update(
+    model_id: str, total: float, tokens: int, processing_ms: float, frame_number: int, wall: int
+) -> EnergyUpdate:
+    """One model's energy_update: its total and this frame's tokens, as the wire rounds them
+    (the engine's frames, and the benchmarks' representative ones)."""
+    return EnergyUpdate(
+        timestamp=wall,
+        frame_number=frame_number,
+        payload=EnergyUpdatePayload(
+            total_energy=round(total, 6),
+            delta_energy=round(tokens * EU_PER_TOKEN, 6),
+            tokens_generated=tokens,
+            processing_time=round(processing_ms, 4),
+            model_id=model_id,
+        ),
+    )

@@ -22,6 +22,7 @@ import orjson
 
 from ..contract.codec import encode
 from ..contract.events import FRAME_BUDGET_MS, EnergyUpdate, models_of
+from .energy import energy_update
 
 _TIMESTAMP: Final = 9_876_543_210_123
 _FRAME_NUMBER: Final = 8_765_432_109
@@ -42,9 +43,6 @@ class RestFrameText:
     __slots__ = ("_pieces", "channel", "model_ids", "total")
 
     def __init__(self, model_id: str, total: float) -> None:
-        # Imported here: decipher.py builds the event and imports this module.
-        from .decipher import energy_update
-
         self.total = total
         event = energy_update(model_id, total, 0, _PROCESSING_MS, _FRAME_NUMBER, _TIMESTAMP)
         self.channel: str = EnergyUpdate.CHANNEL

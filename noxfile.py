@@ -48,9 +48,12 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    """ruff, and the import layers (import-linter)."""
+    session.install("ruff", "import-linter")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    # The layers contract in pyproject.toml: a wrong arrow between layers fails here.
+    session.run("lint-imports", env={"PYTHONPATH": session.invoked_from})
 
 
 @nox.session(python="3.11")

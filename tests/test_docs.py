@@ -587,7 +587,7 @@ def test_the_version_lives_in_one_place() -> None:
     assert "version" not in pyproject["project"]
     assert "version" in pyproject["project"]["dynamic"]
     attr = pyproject["tool"]["setuptools"]["dynamic"]["version"]["attr"]
-    assert attr == "wirthforge_trio.__version__"
+    assert attr == "wirthforge_trio.version.__version__"
     assert f"version {wirthforge_trio.__version__} of the server" in _read(PROTOCOL)
 
 

@@ -23,7 +23,6 @@ from quart import Response, jsonify, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from . import __version__
 from .config import Settings, SettingsError, detect_tier
 from .contract.codec import encode
 from .contract.events import (
@@ -58,6 +57,7 @@ from .transport.direct import DirectSocket
 from .transport.heartbeats import HeartbeatSweep
 from .transport.hub import Hub
 from .transport.parse_faults import answer_parse_faults
+from .version import __version__
 from .worker import wait_without_polling
 
 log = logging.getLogger("wirthforge_trio")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import trio
 
-from . import __version__
 from .config import DEFAULT_PORT, ENVIRONMENT_VARIABLES, Settings, SettingsError, check_token
+from .version import __version__
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ from typing import Any, Final, Literal
 import attrs
 import orjson
 
-from .. import __version__
+from ..version import __version__
 from .events import ALL_EVENTS, CHANNELS, CLIENT_MESSAGES, ClientMessage, Event, FrameEvent
 
 DRAFT_07: Final = "http://json-schema.org/draft-07/schema#"

@@ -13,7 +13,7 @@ import os
 
 import trio
 
-from wirthforge_trio.transport.connection import CLOSE_SLOW_CONSUMER
+from wirthforge_trio.contract.close_codes import CLOSE_SLOW_CONSUMER
 from wirthforge_trio.transport.mailbox import Mailbox
 
 from .conftest import RunningServer, stalled_client, start_server, test_settings

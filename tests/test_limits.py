@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from wirthforge_trio.config import Settings, SettingsError
+from wirthforge_trio.contract.close_codes import CLOSE_POLICY
 from wirthforge_trio.contract.codec import encode
 from wirthforge_trio.contract.events import ErrorEvent, Pong
-from wirthforge_trio.protocol.connection import CLOSE_POLICY, Close, ConnectionProtocol, Reply
+from wirthforge_trio.protocol.connection import Close, ConnectionProtocol, Reply
 from wirthforge_trio.protocol.limits import MessageRateLimiter, RateLimit, Verdict
 from wirthforge_trio.security import (
     AccessPolicy,

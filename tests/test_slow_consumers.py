@@ -23,9 +23,9 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
+from wirthforge_trio.contract.close_codes import CLOSE_SLOW_CONSUMER
 from wirthforge_trio.contract.events import RewardEvent, RewardPayload
 from wirthforge_trio.sources.demo import DemoSource
-from wirthforge_trio.transport.connection import CLOSE_SLOW_CONSUMER
 
 from .conftest import RunningServer, check_message, stalled_client, start_server, test_settings
 

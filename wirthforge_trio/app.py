@@ -24,6 +24,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from .config import Settings, SettingsError, detect_tier
+from .contract.close_codes import CLOSE_GOING_AWAY
 from .contract.codec import encode
 from .contract.events import (
     Capability,
@@ -37,7 +38,7 @@ from .engine.decipher import Retention
 from .engine.energy import PROFILES
 from .engine.recovery import wants_for
 from .engine.runtime import Engine, UnknownSessionError
-from .protocol.connection import CLOSE_GOING_AWAY, ConnectionProtocol
+from .protocol.connection import ConnectionProtocol
 from .protocol.limits import RateLimit
 from .protocol.origin import origin_allowed
 from .security import (

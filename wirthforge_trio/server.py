@@ -30,10 +30,10 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from .app import SHUTDOWN_CLOSE_TIMEOUT, WirthforgeApp, create_app
 from .config import DEFAULT_PORT, FALLBACK_PORT, Settings, SettingsError
+from .contract.close_codes import CLOSE_GOING_AWAY
 from .contract.events import Event
 from .engine.decipher import Session
 from .engine.runtime import Engine
-from .protocol.connection import CLOSE_GOING_AWAY
 from .sources.base import ModelSource
 
 SHUTDOWN_DEADLINE = 5.0

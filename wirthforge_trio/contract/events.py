@@ -9,7 +9,8 @@ written into the envelope by the converter.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Final, Literal
+import time
+from typing import Any, ClassVar, Final, Literal, get_args
 
 import attrs
 
@@ -20,11 +21,16 @@ FRAME_RATE: Final = 60
 FRAME_BUDGET_MS: Final = 16.67
 
 Channel = Literal["energy", "experience", "council", "reward", "system"]
-CHANNELS: Final[tuple[Channel, ...]] = ("energy", "experience", "council", "reward", "system")
+CHANNELS: Final[tuple[Channel, ...]] = get_args(Channel)
 Tier = Literal["Low-Tier", "Mid-Tier", "High-Tier"]
 Capability = Literal["council", "turbo", "visualization", "plugins"]
 Severity = Literal["info", "warning", "error", "critical"]
 Component = Literal["orchestrator", "decipher", "websocket", "model", "ui"]
+
+
+def wall_ms() -> int:
+    """Milliseconds since the Unix epoch: every envelope's ``timestamp``."""
+    return time.time_ns() // 1_000_000
 
 
 def _c(**schema: Any) -> dict[str, Any]:

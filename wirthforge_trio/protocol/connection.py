@@ -14,6 +14,10 @@ from typing import Any, Final
 
 import attrs
 
+from ..contract.close_codes import (
+    CLOSE_POLICY,
+    CLOSE_TOO_BIG,
+)
 from ..contract.codec import ClientMessageError, decode_client_message
 from ..contract.events import (
     CHANNELS,
@@ -34,13 +38,6 @@ from ..contract.events import (
     Unsubscribe,
 )
 from .limits import MessageRateLimiter, RateLimit, Verdict
-
-CLOSE_GOING_AWAY: Final = 1001
-CLOSE_POLICY: Final = 1008
-CLOSE_TOO_BIG: Final = 1009
-CLOSE_INTERNAL_ERROR: Final = 1011
-CLOSE_HEARTBEAT_TIMEOUT: Final = 4408
-"""Application close code (4000-4999 range) for a client that stopped answering heartbeats."""
 
 SUBSCRIBABLE: Final = CHANNELS + EXTENSION_TOPICS
 """The five standard channels (on by default) and the opt-in extension topics."""

@@ -17,16 +17,19 @@ import math
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Final, Protocol
+from typing import Protocol
 
 import trio
 
-from ..contract.codec import encode
-from ..contract.events import FRAME_BUDGET_MS, Event, ResumePayload, TokenStream, models_of
-from ..protocol.connection import (
+from ..contract.close_codes import (
     CLOSE_GOING_AWAY,
     CLOSE_HEARTBEAT_TIMEOUT,
     CLOSE_INTERNAL_ERROR,
+    CLOSE_SLOW_CONSUMER,
+)
+from ..contract.codec import encode
+from ..contract.events import FRAME_BUDGET_MS, Event, ResumePayload, TokenStream, models_of
+from ..protocol.connection import (
     Action,
     CatchUp,
     Close,
@@ -43,10 +46,6 @@ log = logging.getLogger("wirthforge_trio.transport")
 
 WARNING_INTERVAL = 5.0
 """Seconds between two over-budget warnings of one connection (a slow client is one story)."""
-
-CLOSE_SLOW_CONSUMER: Final = 4413
-"""Close code for a client that left more than its backlog limit of lossless messages unread
-(modelled on HTTP 413). Nothing is lost: the client reconnects with resume and catches up."""
 
 
 class ClientGone(Exception):

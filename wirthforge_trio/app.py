@@ -33,6 +33,7 @@ from .contract.events import (
     StartupComplete,
     StartupCompletePayload,
     Tier,
+    wall_ms,
 )
 from .engine.decipher import Retention
 from .engine.energy import PROFILES
@@ -432,7 +433,7 @@ def create_app(
             else answer_parse_faults(asgi_send, connection.note_parse_fault)
         )
         startup = StartupComplete(
-            timestamp=time.time_ns() // 1_000_000,
+            timestamp=wall_ms(),
             payload=StartupCompletePayload(
                 model=engine.default_model,
                 tier=state.tier,

@@ -27,6 +27,7 @@ from ..contract.events import (
     FrameEvent,
     TokenStream,
     TokenStreamPayload,
+    wall_ms,
 )
 from ..sources.base import SourceError, Token
 from .council import CouncilAnalyzer, ensemble_energy
@@ -226,7 +227,7 @@ class Decipher:
         the previous frame ran over budget); tokens, energy and rewards are never shed.
         """
         started = time.perf_counter()
-        wall = _wall_ms()
+        wall = wall_ms()
         self.frame_number = frame_number
         if self._still_at_rest():
             return self._rest_frame(frame_number, now, wall, started)
@@ -332,7 +333,7 @@ class Decipher:
         if not self._still_at_rest():
             return None
         started = time.perf_counter_ns()
-        wall = _wall_ms()
+        wall = wall_ms()
         total = self.energies[self.default_model].total_eu
         text = self._rest_text
         if text is None or text.total != total:
@@ -420,7 +421,7 @@ class Decipher:
 
     def council_started(self, model_count: int) -> None:
         """A prompt went to ``model_count`` models at once (rewards the first council)."""
-        self._pending_events.extend(self.rewards.on_council_started(model_count, _wall_ms()))
+        self._pending_events.extend(self.rewards.on_council_started(model_count, wall_ms()))
 
     def _field_event(
         self,
@@ -493,7 +494,7 @@ def model_error(
     if failure.hint:
         text += f" {failure.hint}"
     return ErrorEvent(
-        timestamp=_wall_ms(),
+        timestamp=wall_ms(),
         payload=ErrorPayload(
             severity="error",
             code=failure.code,
@@ -503,7 +504,3 @@ def model_error(
             recoverable=True,
         ),
     )
-
-
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000

@@ -30,6 +30,7 @@ from ..contract.events import (
     ModelStatusValue,
     ResonanceEvent,
     ResumePayload,
+    wall_ms,
 )
 from ..sources.base import (
     MODEL_NOT_FOUND,
@@ -91,7 +92,7 @@ class ModelEntry:
 
     def status_event(self) -> ModelStatus:
         return ModelStatus(
-            timestamp=time.time_ns() // 1_000_000,
+            timestamp=wall_ms(),
             payload=ModelStatusPayload(
                 model_id=self.model_id,
                 name=self.source.name,
@@ -268,7 +269,7 @@ class Engine:
             self.decipher,
             resume,
             server_instance=self.instance_id,
-            wall_ms=time.time_ns() // 1_000_000,
+            wall_ms=wall_ms(),
             wants=wants,
             channels=channels,
             subscribed_models=subscribed_models,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import socket
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
@@ -28,7 +27,14 @@ from ..contract.close_codes import (
     CLOSE_SLOW_CONSUMER,
 )
 from ..contract.codec import encode
-from ..contract.events import FRAME_BUDGET_MS, Event, ResumePayload, TokenStream, models_of
+from ..contract.events import (
+    FRAME_BUDGET_MS,
+    Event,
+    ResumePayload,
+    TokenStream,
+    models_of,
+    wall_ms,
+)
 from ..protocol.connection import (
     Action,
     CatchUp,
@@ -66,11 +72,6 @@ class WebSocketPort(Protocol):
 
 def _nothing() -> None:
     pass
-
-
-def wall_ms() -> int:
-    """Unix epoch milliseconds, as the contract's timestamps are."""
-    return time.time_ns() // 1_000_000
 
 
 class Connection:

@@ -21,13 +21,13 @@ import pytest
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from wirthforge_trio.app import WirthforgeApp, create_app
 from wirthforge_trio.config import Settings
 from wirthforge_trio.contract import schema as project_schema
 from wirthforge_trio.contract.events import STANDARD_EVENTS
 from wirthforge_trio.server import serve
 from wirthforge_trio.transport.connection import Connection
 from wirthforge_trio.transport.hub import Hub
+from wirthforge_trio.web import WirthforgeApp, create_app
 
 PUBLISHED_SCHEMA_PATH = (
     Path(__file__).resolve().parents[2] / "shared" / "contract" / "WF-TECH-003-event-schemas.json"

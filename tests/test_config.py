@@ -226,3 +226,11 @@ def test_detect_tier(cores: int, memory: int, tier: str) -> None:
 
 def test_detect_tier_without_arguments_inspects_this_machine() -> None:
     assert detect_tier() in ("Low-Tier", "Mid-Tier", "High-Tier")
+
+
+def test_a_bad_variable_that_an_override_replaces_is_not_read() -> None:
+    env = {"WIRTHFORGE_PORT": "eighty", "WIRTHFORGE_MODELS": "nonsense"}
+    with pytest.raises(SettingsError):
+        Settings.from_env(env)
+    settings = Settings.from_env(env, port=9001, models=("demo",))
+    assert (settings.port, settings.models) == (9001, ("demo",))

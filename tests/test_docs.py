@@ -39,7 +39,7 @@ import yaml
 
 import wirthforge_trio
 from wirthforge_trio import cli, client, config
-from wirthforge_trio.app import WRONG_WORKER_MESSAGE
+from wirthforge_trio.contract import close_codes
 from wirthforge_trio.contract.codec import decode_client_message, decode_event
 from wirthforge_trio.contract.events import (
     ALL_EVENTS,
@@ -47,8 +47,7 @@ from wirthforge_trio.contract.events import (
     CLIENT_MESSAGES_BY_TYPE,
     EVENTS_BY_TYPE,
 )
-from wirthforge_trio.protocol import connection as protocol_connection
-from wirthforge_trio.transport import connection as transport_connection
+from wirthforge_trio.web import WRONG_WORKER_MESSAGE
 
 from .conftest import RunningServer, check_message
 
@@ -65,9 +64,8 @@ TEST_ONLY_VARIABLES = frozenset({"WIRTHFORGE_SOAK"})
 """Switches of the test suite, not settings of the server: reliability.md names them when it
 says how to run the tests (``WIRTHFORGE_SOAK=1`` runs the long variants)."""
 
-CLOSE_CODE_MODULES = (protocol_connection, transport_connection)
-"""Where the server's ``CLOSE_*`` constants are defined: the protocol rules (1001, 1008, 1009,
-4408) and the transport (4413 for a slow consumer)."""
+CLOSE_CODE_MODULES = (close_codes,)
+"""Where the ``CLOSE_*`` constants are defined, once for the server and the client."""
 
 
 def _read(path: Path) -> str:

@@ -24,10 +24,10 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
-from wirthforge_trio.app import SHUTDOWN_CLOSE_TIMEOUT, create_app
 from wirthforge_trio.config import DEFAULT_PORT, FALLBACK_PORT, Settings
 from wirthforge_trio.server import SHUTDOWN_DEADLINE, serve
 from wirthforge_trio.sources.demo import DemoSource
+from wirthforge_trio.web import SHUTDOWN_CLOSE_TIMEOUT, create_app
 
 from .conftest import CheckedClient, RunningServer, stalled_client, test_settings
 

@@ -22,13 +22,13 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wirthforge_trio.app import create_app
 from wirthforge_trio.contract.codec import encode, valid_text
 from wirthforge_trio.contract.events import TokenStream, TokenStreamPayload
 from wirthforge_trio.server import serve
 from wirthforge_trio.sources.base import Token
 from wirthforge_trio.sources.http_runtime import SurrogateMender
 from wirthforge_trio.transport.mailbox import Mailbox
+from wirthforge_trio.web import create_app
 
 from .conftest import CheckedClient, RunningServer, errors_logged, start_server, test_settings
 from .fake_runtimes import FakeOllama, FakeOpenAI, Request, Script, _Conn

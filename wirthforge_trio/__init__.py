@@ -24,7 +24,7 @@ def __getattr__(name: str) -> Any:
 
         return Settings
     if name == "create_app":
-        from .app import create_app
+        from .web import create_app
 
         return create_app
     raise AttributeError(f"module 'wirthforge_trio' has no attribute {name!r}")

@@ -4,7 +4,6 @@ never a traceback."""
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -148,9 +147,9 @@ def _bench(argv: list[str]) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .app import create_app
     from .security import check_exposure
     from .server import serve, wait_for_signal
+    from .web.application import configure_logging, create_app
 
     settings = Settings.from_env(
         host=args.host,
@@ -165,7 +164,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     check_exposure(settings)
     explicit_port = args.port is not None or settings.port != DEFAULT_PORT
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging(settings.log_level)
     app = create_app(settings)
 
     async def main_task() -> None:

@@ -163,16 +163,22 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Defaults, then ``WIRTHFORGE_*`` variables, then explicit ``overrides``."""
+        """Defaults, then ``WIRTHFORGE_*`` variables, then explicit ``overrides``.
+
+        A variable that an override replaces is not read, so a bad one cannot stop a command
+        whose flag sets that value."""
         env = os.environ if environ is None else environ
+        given = {k: v for k, v in overrides.items() if v is not None}
         values: dict[str, Any] = {}
         for field in attrs.fields(cls):
+            if field.name in given:
+                continue
             variable = f"WIRTHFORGE_{field.name.upper()}"
             raw = env.get(variable)
             if raw is None or raw.strip() == "":
                 continue
             values[field.name] = _parse(variable, raw.strip(), field.default)
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        values.update(given)
         return cls(**values)
 
 

@@ -28,13 +28,13 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from .app import SHUTDOWN_CLOSE_TIMEOUT, WirthforgeApp, create_app
 from .config import DEFAULT_PORT, FALLBACK_PORT, Settings, SettingsError
 from .contract.close_codes import CLOSE_GOING_AWAY
 from .contract.events import Event
 from .engine.decipher import Session
 from .engine.runtime import Engine
 from .sources.base import ModelSource
+from .web import SHUTDOWN_CLOSE_TIMEOUT, WirthforgeApp, create_app
 
 SHUTDOWN_DEADLINE = 5.0
 """Seconds Hypercorn gets to finish after the clients were told to go (then it is cancelled)."""

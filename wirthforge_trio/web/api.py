@@ -1,0 +1,184 @@
+"""The HTTP API: start and cancel generations, and read the server's models, health and
+status (docs/protocol.md, "HTTP")."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import trio
+from quart import Blueprint, jsonify, request
+
+from ..engine.runtime import UnknownSessionError
+from ..security import RETRY_AFTER_SECONDS
+from ..version import __version__
+from .access import http_refusal
+from .errors import ErrorReply, json_error
+from .state import ServerState, server_state
+
+log = logging.getLogger("wirthforge_trio")
+
+api = Blueprint("api", __name__)
+
+
+def _session_limit(state: ServerState, new: int) -> ErrorReply | None:
+    """A prompt may not take the generations running at once over WIRTHFORGE_MAX_SESSIONS."""
+    limit, live = state.settings.max_sessions, state.engine.decipher.live_sessions
+    if new > limit:
+        return json_error(
+            422,
+            f"this prompt asks for {new} models, more than the {limit} sessions this "
+            "server runs at once (WIRTHFORGE_MAX_SESSIONS)",
+            "models",
+        )
+    if live + new <= limit:
+        return None
+    return json_error(
+        429,
+        f"{live} session(s) are running and this prompt would start {new}, over this "
+        f"server's limit of {limit} at once (WIRTHFORGE_MAX_SESSIONS); wait for one to "
+        "complete or cancel one",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+def _prompt_text(state: ServerState, body: Any) -> str | ErrorReply:
+    """The prompt of a request body, or the error that names what is wrong with it."""
+    if body is None:
+        return json_error(400, 'the body must be JSON: {"prompt": "...", "models": [...]}')
+    if not isinstance(body, dict):
+        return json_error(400, "the body must be a JSON object")
+    extra = sorted(set(body) - {"prompt", "models"})
+    if extra:
+        return json_error(422, f"unexpected field {extra[0]!r}; allowed: prompt, models", extra[0])
+    text = body.get("prompt")
+    if not isinstance(text, str) or not text.strip():
+        return json_error(422, "'prompt' must be a non-empty string", "prompt")
+    size = len(text.encode("utf-8", "replace"))
+    limit = state.settings.max_prompt_bytes
+    if size > limit:
+        return json_error(
+            413,
+            f"the prompt has {size} bytes (UTF-8), over this server's limit of "
+            f"{limit} (WIRTHFORGE_MAX_PROMPT_BYTES)",
+            "prompt",
+        )
+    return text
+
+
+def _prompt_models(state: ServerState, body: dict[str, Any]) -> list[str] | ErrorReply | None:
+    """The model ids a prompt names (None: the default model), or the error."""
+    models = body.get("models")
+    if models is not None and (
+        not isinstance(models, list) or not all(isinstance(m, str) for m in models)
+    ):
+        return json_error(422, "'models' must be a list of model ids", "models")
+    wanted = [state.resolve_model(m) for m in models] if models else None
+    engine = state.engine
+    unknown = [m for m in dict.fromkeys(wanted or ()) if m not in engine.models]
+    if unknown:
+        return json_error(
+            422,
+            f"unknown model(s) {', '.join(unknown)}; this server runs: {', '.join(engine.models)}",
+            "models",
+        )
+    return wanted
+
+
+@api.post("/prompt")
+async def prompt() -> Any:
+    state = server_state()
+    body = await request.get_json(force=True, silent=True)
+    text = _prompt_text(state, body)
+    if not isinstance(text, str):
+        return text
+    wanted = _prompt_models(state, body)
+    if isinstance(wanted, tuple):
+        return wanted
+    busy = _session_limit(state, len(set(wanted)) if wanted else 1)
+    if busy is not None:
+        return busy
+    sessions = state.engine.submit(text, wanted)
+    log.info("prompt accepted: %d session(s) %s", len(sessions), ", ".join(s.id for s in sessions))
+    return jsonify(
+        {"sessions": [{"sessionId": s.id, "modelId": s.model_id} for s in sessions]}
+    ), 202
+
+
+@api.delete("/prompt/<session_id>")
+async def cancel_prompt(session_id: str) -> Any:
+    try:
+        session = server_state().engine.cancel(session_id)
+    except UnknownSessionError:
+        return json_error(404, f"no session {session_id[:64]!r} on this server", "sessionId")
+    if session.status != "streaming":
+        return json_error(409, f"session {session.id} has already ended ({session.status})")
+    return jsonify({"sessionId": session.id, "status": "cancelling"}), 202
+
+
+@api.get("/models")
+async def models() -> Any:
+    state = server_state()
+    return jsonify({"defaultModel": state.engine.default_model, "models": state.models_view()})
+
+
+@api.get("/health")
+async def health() -> Any:
+    state = server_state()
+    statuses = {model_id: entry.status for model_id, entry in state.engine.models.items()}
+    overall = "ok" if all(v == "ready" for v in statuses.values()) else "degraded"
+    if http_refusal() is not None:
+        return jsonify({"status": overall})  # without the access token: nothing more
+    return jsonify(
+        {
+            "status": overall,
+            "version": __version__,
+            "uptimeSeconds": round(time.monotonic() - state.started_at, 3),
+            "models": statuses,
+        }
+    )
+
+
+@api.get("/status")
+async def status() -> Any:
+    state = server_state()
+    engine, hub = state.engine, state.hub
+    clock = engine.clock
+    now = trio.current_time()
+    return jsonify(
+        {
+            "version": __version__,
+            "tier": state.tier,
+            "connections": len(hub),
+            "frameRate": round(clock.measured_rate, 2),
+            "frameNumber": clock.frame_number,
+            "framesPublished": hub.frames_published,
+            "framesReplaced": hub.frames_replaced,
+            "framesSkipped": clock.skipped,
+            "clock": {
+                "rate": clock.rate,
+                "originMonotonicNs": clock.origin_monotonic_ns,
+            },
+            "overruns": engine.overruns,
+            "liveSessions": engine.decipher.live_sessions,
+            "analysesShed": engine.analyses_shed,
+            "framesAtRest": engine.decipher.rest_frames,
+            "models": state.models_view(),
+            "clients": [
+                {
+                    "connectionId": c.id,
+                    "connectedSeconds": round(now - c.opened_at, 3),
+                    "framesReplaced": c.mailbox.frames_replaced,
+                    "queued": c.mailbox.queued,
+                    "queuedBytes": c.mailbox.queued_bytes,
+                    "tooSlow": c.too_slow,
+                    "directWrites": c.messages_written_at_once,
+                    "receivedInline": None if c.direct is None else c.received_inline,
+                    "directReads": None if c.direct is None else c.direct.messages_read,
+                    "heartbeatRoundTrip": c.protocol.rtt_summary(),
+                }
+                for c in hub
+            ],
+        }
+    )

@@ -10,7 +10,7 @@
 - **Connection limits** at the WebSocket handshake: in total, and per remote address
   (loopback exempt: every local client shares 127.0.0.1).
 
-app.py applies these to every request and handshake; docs/security.md describes the model.
+The web layer applies these to every request and handshake; docs/security.md describes the model.
 """
 
 from __future__ import annotations

@@ -6,11 +6,10 @@ already due skips them (counted as overruns): frames are state, and a burst of c
 frames would only deliver stale ones. Frame numbers therefore never decrease, and measure
 time since the clock started.
 
-Waking up takes time (on the machines this was measured on, 0.2-0.4 ms from the timer's
-expiry to the tick running), and so does building the frame. So the clock wakes that much
-*before* the frame is due (the lead, learned from recent ticks) and the tick builds its frame
-then; just before sending, :meth:`FrameClock.hold_until_due` waits out what is left without
-yielding. A frame is thus never sent before it is due and usually within microseconds after.
+Waking up and building the frame take time, so the clock wakes that much *before* the frame
+is due (the lead, learned from recent ticks) and the tick builds its frame then; just before
+sending, :meth:`FrameClock.hold_until_due` waits out what is left without yielding. Invariant:
+a frame is never sent before it is due (docs/decisions.md, "Timing and liveness").
 """
 
 from __future__ import annotations

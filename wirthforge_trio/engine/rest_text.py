@@ -2,16 +2,14 @@
 
 At rest (``decipher.py``: nothing live, pending or lit) every frame is the default model's
 energy_update, and from one frame to the next only its timestamp, frame number and
-processing time change. Building that event, encoding it and framing it on every tick was
-most of what an idle server did per frame beyond waking up (``docs/benchmarks/README.md``),
-and it ran with caches gone cold between frames. So the text is made once by the codec, from
-an event whose three changing numbers are placeholders, and cut at them; each frame joins the
-pieces around its own numbers, written as the codec writes them.
+processing time change. So the text is made once by the codec, from an event whose three
+changing numbers are placeholders, and cut at them; each frame joins the pieces around its
+own numbers, written as the codec writes them. Invariant: the text equals what the codec
+would give for the same event (docs/decisions.md, "Timing and liveness"; the figures are in
+docs/benchmarks/README.md).
 
-The processing time is the one float. It is taken in whole nanoseconds and cut to the
-codec's four decimals of a millisecond, then written from a table of the 10,000 fractions:
-after 16 ms asleep every step runs with cold caches, and ``round`` with orjson's float
-formatting cost more than the rest of the frame (``docs/benchmarks/README.md``).
+The processing time is the one float: taken in whole nanoseconds, cut to the codec's four
+decimals of a millisecond, and written from a table of the 10,000 fractions.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from wirthforge_trio.contract import codec
 from wirthforge_trio.contract.events import InterferenceEvent, ResonanceEvent
 from wirthforge_trio.engine.council import (
     GAP_WINDOW,
+    SAMPLE_WINDOW,
     TOP_K,
     CouncilAnalyzer,
     CouncilEvent,
@@ -27,7 +28,8 @@ from wirthforge_trio.engine.council import (
     pearson,
     timing_disagreement,
 )
-from wirthforge_trio.engine.energy import FlowState
+from wirthforge_trio.engine.decipher import Decipher
+from wirthforge_trio.engine.energy import PROFILES, FlowState
 from wirthforge_trio.sources.base import Token
 
 PUBLISHED_SCHEMA = (
@@ -575,3 +577,43 @@ def test_every_kind_of_council_event_validates_against_published_schema() -> Non
         wire = json.loads(codec.encode(event))
         assert wire["channel"] == "council"
         assert wire["frameNumber"] == event.frame_number
+
+
+# -- a council that meets again (issue 23, B1) ----------------------------------------------
+
+
+def _council_run(decipher: Decipher, frame: int, t: float, tokens: int) -> tuple[int, float]:
+    """The pair answers ``tokens`` tokens, then ends; the frames run on until both are
+    dark. Returns the next frame number and time."""
+    sessions = [decipher.start_session(m, t) for m in ("demo", "demo-sage")]
+    for i in range(tokens):
+        # demo writes steadily; demo-sage fast at first, then slows down.
+        decipher.on_token(sessions[0], Token(text=f" w{i}", at=t))
+        if i < tokens // 2 or i % 4 == 0:
+            decipher.on_token(sessions[1], Token(text=f" v{i}", at=t))
+        for _ in range(3):
+            decipher.tick(frame, t)
+            frame, t = frame + 1, t + 1 / 60
+    for session in sessions:
+        decipher.end_session(session, t)
+    for _ in range(600):
+        decipher.tick(frame, t)
+        frame, t = frame + 1, t + 1 / 60
+    return frame, t
+
+
+def test_a_council_that_meets_again_starts_afresh() -> None:
+    """The analyzer runs only on frames where two models generate; the models' stop must
+    still reach it, or a second run starts with the first run's windows and sends their
+    interference before its own first token."""
+    decipher = Decipher(["demo", "demo-sage"], PROFILES["default"], "demo")
+    frame, t = _council_run(decipher, 0, 0.0, tokens=40)
+    sessions = [decipher.start_session(m, t) for m in ("demo", "demo-sage")]
+    early: list[Any] = []
+    # A pair's first event needs a full window of 5 samples (6 frames apart) of this run.
+    for _ in range((SAMPLE_WINDOW - 1) * EVERY):
+        out = decipher.tick(frame, t)
+        early.extend(e for e in out.lossless_events if isinstance(e, InterferenceEvent))
+        frame, t = frame + 1, t + 1 / 60
+    assert early == [], "the second run reported the first run's interference"
+    assert all(not s.tokens for s in sessions)

@@ -56,6 +56,9 @@ Activity
       model missing from them at a sampling frame is treated as stopped and forgotten (its
       samples, token rhythm, top-K and pair history dropped, as :meth:`forget` does), so a
       window never spans a pause and a pair that meets again starts afresh.
+    * On frames where ``analyze`` does not run (fewer than two models generate), the caller
+      passes the generating models to ``retain``, which forgets the others at once: a
+      council that meets again never sees its previous run's samples.
     * Output order: every interference event (pair order), then every resonance event.
 
 Ensemble energy
@@ -409,6 +412,20 @@ class CouncilAnalyzer:
         for table in (self._emitted, self._locks):
             for pair in [p for p in table if model_id in p]:
                 del table[pair]
+
+    def retain(self, active: Iterable[str]) -> None:
+        """Forget every model not in ``active`` at once, on any frame.
+
+        The caller runs :meth:`analyze` only while two or more models generate, so it must
+        tell the analyzer on the other frames who stopped: a pair that meets again then
+        starts afresh instead of carrying its old windows into the new run
+        (docs/decisions.md, The Council).
+        """
+        keep = set(active)
+        for model_id in [m for m in self._models if m not in keep]:
+            self.forget(model_id)
+        if not self._models:
+            self._last_sample = None  # a new council samples on its first frame
 
     def coherence(self, a: str, b: str) -> float:
         """``1 - DI`` for two models, from top-K, else timing, else 0.5."""

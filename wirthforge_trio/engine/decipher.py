@@ -281,6 +281,10 @@ class Decipher:
             lossless.extend(
                 self.council.analyze(frame_number, now, wall, self.energies, generating)
             )
+        else:
+            # The analyzer must see models stop even when it does not run (a council that
+            # meets again starts afresh: docs/decisions.md, The Council).
+            self.council.retain(generating)
 
         processing_ms = min((time.perf_counter() - started) * 1000.0, FRAME_BUDGET_MS)
         # At idle the default model's (decaying) energy keeps the lifeline lit.

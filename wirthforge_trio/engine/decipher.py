@@ -30,7 +30,7 @@ from ..contract.events import (
     TokenStream,
     TokenStreamPayload,
 )
-from ..sources.base import SourceError, Token
+from ..sources.base import SourceError, Token, with_hint
 from .council import CouncilAnalyzer, ensemble_energy
 from .energy import EU_PER_TOKEN, EnergyProfile, FlowState, ModelEnergy
 from .rest_text import RestFrameText
@@ -495,9 +495,7 @@ def model_error(
     failure: SourceError, model_id: str, details: dict[str, object] | None = None
 ) -> ErrorEvent:
     """The error_event (component ``model``) that tells the user what happened and what to do."""
-    text = f"model {model_id}: {failure.message}"
-    if failure.hint:
-        text += f" {failure.hint}"
+    text = with_hint(f"model {model_id}: {failure.message}", failure.hint)
     return ErrorEvent(
         timestamp=_wall_ms(),
         payload=ErrorPayload(

@@ -21,7 +21,8 @@ import sniffio
 import trio
 from quart import Response, jsonify, request, websocket
 from quart_trio import QuartTrio
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
+from werkzeug.routing.exceptions import WebsocketMismatch
 
 from . import __version__
 from .config import Settings, SettingsError, detect_tier
@@ -203,6 +204,32 @@ def _error(
     return jsonify(body), status, headers or {}
 
 
+def _http_error(
+    error: HTTPException, method: str, path: str
+) -> tuple[Response, int, dict[str, str]]:
+    """An HTTP error raised outside the routes as JSON, saying what to do instead (the
+    protocol promises JSON errors everywhere: docs/protocol.md, HTTP endpoints)."""
+    status = error.code or 500
+    shown = path[:200]
+    if isinstance(error, WebsocketMismatch):
+        message = (
+            f"{shown} is a WebSocket endpoint: connect to it with a WebSocket client "
+            "(ws://HOST:PORT/ws), not with plain HTTP"
+        )
+    elif isinstance(error, MethodNotAllowed):
+        allowed = ", ".join(sorted(error.valid_methods or ()))
+        message = f"{method} is not allowed on {shown}; use {allowed}"
+        return _error(status, message, headers={"Allow": allowed} if allowed else None)
+    elif isinstance(error, NotFound):
+        message = (
+            f"no such path: {shown}; the server answers /, /ws, /prompt, /models, /health "
+            "and /status"
+        )
+    else:
+        message = f"{error.name.lower()}: {error.description}" if error.description else error.name
+    return _error(status, message)
+
+
 def _refuse(refusal: Refusal) -> tuple[Response, int, dict[str, str]]:
     return _error(refusal.status, refusal.message, headers=dict(refusal.headers))
 
@@ -361,6 +388,11 @@ def create_app(
             return None
         log_refusal(refusal, request.remote_addr, f"{request.method} {request.path}")
         return _refuse(refusal)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Any:
+        """Every other HTTP error (Quart's own 404, 405, 400) in the API's JSON shape."""
+        return _http_error(error, request.method, request.path)
 
     @app.errorhandler(RequestEntityTooLarge)
     async def too_large(_: RequestEntityTooLarge) -> Any:

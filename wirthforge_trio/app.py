@@ -457,10 +457,13 @@ def create_app(
             max_backlog_bytes=settings.max_backlog_bytes,
             direct=direct,
         )
+        client_close: list[int] = []  # the code of the client's close frame, for the log
         stop_answering_faults = (
             None
             if asgi_send is None
-            else answer_parse_faults(asgi_send, connection.note_parse_fault)
+            else answer_parse_faults(
+                asgi_send, connection.note_parse_fault, on_close=client_close.append
+            )
         )
         startup = StartupComplete(
             timestamp=time.time_ns() // 1_000_000,
@@ -471,24 +474,36 @@ def create_app(
                 capabilities=state.startup_capabilities,
             ),
         )
-        log.info(
-            "connection %s opened from %s (%d open)", connection.id, connection.remote, len(hub)
+        log.info(  # the count includes this connection (and any still awaiting resume)
+            "connection %s opened from %s (%d open)",
+            connection.id,
+            connection.remote,
+            limiter.open,
         )
         try:
             await connection.run(encode(startup))
         finally:
             if stop_answering_faults is not None:
                 stop_answering_faults()  # wsproto no longer refers to the connection
+            closed_by_server = connection.close_code
             # Cancelled by the server (shutdown) rather than closed: still say goodbye (1001).
             await connection.close_on_cancel()
             hub.remove(connection)
             slot.release()
-            log.info(
-                "connection %s closed (code %s, %d open)",
-                connection.id,
-                connection.close_code,
-                len(hub),
-            )
+            if closed_by_server is None and client_close:
+                log.info(
+                    "connection %s closed by the client (code %s, %d open)",
+                    connection.id,
+                    client_close[0],
+                    limiter.open,
+                )
+            else:
+                log.info(
+                    "connection %s closed (code %s, %d open)",
+                    connection.id,
+                    connection.close_code,
+                    limiter.open,
+                )
         return None
 
     def session_limit(new: int) -> tuple[Response, int, dict[str, str]] | None:

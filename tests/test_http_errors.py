@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import trio
 
 from .conftest import RunningServer
 
@@ -44,3 +45,19 @@ async def test_api_errors_keep_their_own_messages(server: RunningServer) -> None
     async with server.http() as http:
         body = json_error(await http.post("/prompt", content=b"not json"), 400)
     assert "JSON" in body["error"]
+
+
+async def test_a_sessions_status_is_there_to_ask_for(server: RunningServer) -> None:
+    """GET /prompt/{id}: how a session ended, which the last token_stream does not say."""
+    async with server.http() as http:
+        json_error(await http.get("/prompt/s-nope"), 404)
+        started = await http.post("/prompt", json={"prompt": "hi"})
+        (session,) = started.json()["sessions"]
+        assert (await http.delete(f"/prompt/{session['sessionId']}")).status_code == 202
+        for _ in range(200):  # up to 10 s
+            body = (await http.get(f"/prompt/{session['sessionId']}")).json()
+            if body["status"] != "streaming":
+                break
+            await trio.sleep(0.05)
+    assert body["status"] == "cancelled"
+    assert body["sessionId"] == session["sessionId"] and body["modelId"] == session["modelId"]

@@ -582,6 +582,22 @@ def create_app(
             return _error(409, f"session {session.id} has already ended ({session.status})")
         return jsonify({"sessionId": session.id, "status": "cancelling"}), 202
 
+    @app.get("/prompt/<session_id>")
+    async def prompt_status(session_id: str) -> Any:
+        """How a session ended (or that it still streams): the wire's final token_stream
+        says only that it is complete, and a page must not call a cancelled one complete."""
+        session = engine.decipher.sessions.get(session_id)
+        if session is None:
+            return _error(404, f"no session {session_id[:64]!r} on this server", "sessionId")
+        return jsonify(
+            {
+                "sessionId": session.id,
+                "modelId": session.model_id,
+                "status": session.status,
+                "tokens": len(session.tokens),
+            }
+        )
+
     @app.get("/models")
     async def models() -> Any:
         return jsonify({"defaultModel": engine.default_model, "models": models_view()})

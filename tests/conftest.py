@@ -209,7 +209,11 @@ def records_logged(level: int = logging.DEBUG) -> Iterator[list[logging.LogRecor
             found.append(record)
 
     handler = Collect(level=level)
-    loggers = [logging.getLogger(n) for n in ("", "wirthforge_trio", "hypercorn.error")]
+    # The package's logger propagates to the root; Hypercorn's does not.
+    loggers = [logging.getLogger(n) for n in ("", "hypercorn.error")]
+    package = logging.getLogger("wirthforge_trio")
+    package_level = package.level
+    package.setLevel(min(level, package.getEffectiveLevel()))
     for logger in loggers:
         logger.addHandler(handler)
     try:
@@ -217,6 +221,7 @@ def records_logged(level: int = logging.DEBUG) -> Iterator[list[logging.LogRecor
     finally:
         for logger in loggers:
             logger.removeHandler(handler)
+        package.setLevel(package_level)
 
 
 @contextmanager

@@ -59,9 +59,10 @@ def wait_until(predicate: Callable[[], bool], seconds: float, what: str) -> None
 class ServerProcess:
     """``wirthforge serve`` on a fixed port, which can be stopped, frozen and started again."""
 
-    def __init__(self, port: int, log: Path) -> None:
+    def __init__(self, port: int, log: Path, env: dict[str, str] | None = None) -> None:
         self.port = port
         self.log = log
+        self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -82,7 +83,12 @@ class ServerProcess:
                     "demo:sage",
                 ],
                 cwd=ROOT,
-                env={**os.environ, "WIRTHFORGE_DEMO_SPEED": "3", "WIRTHFORGE_LOG_LEVEL": "INFO"},
+                env={
+                    **os.environ,
+                    "WIRTHFORGE_DEMO_SPEED": "3",
+                    "WIRTHFORGE_LOG_LEVEL": "INFO",
+                    **self.env,
+                },
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
@@ -364,6 +370,77 @@ def test_council_run_side_by_side_with_a_screenshot(
     for session in sessions:
         assert page.text(session) == server_text(shared_server, session)
     assert page.errors == []
+
+
+def test_the_idle_page_says_what_to_do_and_what_the_demo_model_is(
+    shared_server: ServerProcess, open_page: Callable[[str], PageUnderTest]
+) -> None:
+    """A new user's first look (issue 23, C6): a hint to send a prompt, a note that the demo
+    models stream canned text unrelated to the prompt, and a run headed by its model."""
+    page = open_page(shared_server.url)
+    page.wait_state("connected")
+    p = page.page
+    hint = p.locator("#runs-empty")
+    assert hint.is_visible()
+    assert "type a prompt above and press Send" in str(hint.text_content())
+    note = p.locator("#demo-note")
+    p.wait_for_function("!document.getElementById('demo-note').hidden")
+    text = " ".join(str(note.text_content()).split())
+    assert "demo models (demo, demo-sage)" in text, text
+    assert "canned sentences unrelated to the prompt" in text, text
+    (session,) = page.send_prompt("What is a lighthouse?", ["demo"])
+    assert p.locator(".run h3").first.text_content() == "Model: demo"
+    assert not hint.is_visible()
+    page.wait_complete([session])
+    assert page.errors == []
+
+
+def test_a_session_cancelled_elsewhere_shows_cancelled(
+    shared_server: ServerProcess, open_page: Callable[[str], PageUnderTest]
+) -> None:
+    """The last token_stream of a cancelled session says only isComplete: the page must
+    not call it complete (issue 23, B7)."""
+    page = open_page(shared_server.url)
+    page.wait_state("connected")
+    with httpx.Client(base_url=shared_server.url, timeout=5) as http:
+        answer = http.post("/prompt", json={"prompt": "a long tale", "models": ["demo"]})
+        assert answer.status_code == 202, answer.text
+        (session,) = [s["sessionId"] for s in answer.json()["sessions"]]
+        cancel = http.delete(f"/prompt/{session}")
+        assert cancel.status_code == 202, cancel.text
+        assert http.get(f"/prompt/{session}").json()["status"] in ("streaming", "cancelled")
+    column = f'.session[data-session="{session}"]'
+    page.page.wait_for_function(
+        f"document.querySelector('{column}')?.dataset.status === 'cancelled'", timeout=10_000
+    )
+    assert page.page.locator(f"{column} .status").text_content() == "cancelled"
+    assert page.errors == []
+
+
+def test_a_failed_session_shows_failed(
+    tmp_path: Path, open_page: Callable[[str], PageUnderTest]
+) -> None:
+    """A demo model far slower than the first-token timeout: the session fails, and the
+    page says so beside the error (issue 23, B7)."""
+    server = ServerProcess(
+        free_port(),
+        tmp_path / "server.log",
+        {"WIRTHFORGE_DEMO_SPEED": "0.01", "WIRTHFORGE_FIRST_TOKEN_TIMEOUT": "0.5"},
+    )
+    server.start()
+    try:
+        page = open_page(server.url)
+        page.wait_state("connected")
+        (session,) = page.send_prompt("anything", ["demo"])
+        column = f'.session[data-session="{session}"]'
+        page.page.wait_for_function(
+            f"document.querySelector('{column}')?.dataset.status === 'failed'", timeout=10_000
+        )
+        page.wait_complete([session])
+        assert page.page.locator(f"{column} .status").text_content() == "failed"
+        assert "MODEL_TIMEOUT" in str(page.page.locator("#errors").text_content())
+    finally:
+        server.stop()
 
 
 def test_keyboard_only_use_and_labels(shared_server: ServerProcess, browser: Browser) -> None:

@@ -17,6 +17,7 @@ from wirthforge_trio.contract import codec
 from wirthforge_trio.contract.events import InterferenceEvent, ResonanceEvent
 from wirthforge_trio.engine.council import (
     GAP_WINDOW,
+    SAMPLE_WINDOW,
     TOP_K,
     CouncilAnalyzer,
     CouncilEvent,
@@ -25,10 +26,13 @@ from wirthforge_trio.engine.council import (
     ensemble_energy,
     js_divergence,
     pearson,
+    text_coherence,
     timing_disagreement,
 )
-from wirthforge_trio.engine.energy import FlowState
+from wirthforge_trio.engine.decipher import Decipher
+from wirthforge_trio.engine.energy import PROFILES, FlowState
 from wirthforge_trio.sources.base import Token
+from wirthforge_trio.sources.demo import DemoSource
 
 PUBLISHED_SCHEMA = (
     Path(__file__).resolve().parents[2] / "shared" / "contract" / "WF-TECH-003-event-schemas.json"
@@ -272,7 +276,7 @@ def test_rising_together_is_constructive() -> None:
     (event,) = check(interference(frames[4]))
     assert event.payload.pattern_type == "constructive"
     assert event.payload.intensity == pytest.approx(1.0)
-    assert event.payload.coherence_score == pytest.approx(0.5)  # no top-K, no timing
+    assert event.payload.coherence_score == pytest.approx(0.5)  # no text yet
 
 
 def test_mirrored_is_destructive() -> None:
@@ -337,45 +341,76 @@ def test_pattern_change_emits() -> None:
 
 def test_coherence_moves_emit_only_past_threshold() -> None:
     an = CouncilAnalyzer()
-    an.observe_token("a", Token(text="x", at=0.0, top_k=(1.0, 0.0)))
-    an.observe_token("b", Token(text="x", at=0.0, top_k=(1.0, 0.0)))
+    for model in ("a", "b"):
+        an.observe_token(model, Token(text=SAID, at=0.0))
     (first,) = interference(flat(run_series(an, {"a": RISING, "b": RISING})))
-    assert first.payload.coherence_score == pytest.approx(1.0)
+    assert first.payload.coherence_score == 1.0
 
-    # JS((1, 0), (0.99, 0.01)) is about 0.004: a small move, nothing sent.
-    an.observe_token("b", Token(text="x", at=0.1, top_k=(0.99, 0.01)))
+    # One different character among the 60 written since: a small move, nothing sent.
+    an.observe_token("a", Token(text=SAID_TOO, at=0.1))
+    an.observe_token("b", Token(text=SAID_TOO[:-1] + "!", at=0.1))
+    assert an.coherence("a", "b") > 0.95
     assert run_series(an, {"a": [0.6], "b": [0.6]}, start=5) == [[]]
 
-    # JS((1, 0), (1/2, 1/2)) = 0.311: coherence drops to 0.689, the same pattern is re-sent.
-    an.observe_token("b", Token(text="x", at=0.2, top_k=(0.5, 0.5)))
+    # Then they write different sentences: coherence drops, the same pattern is re-sent.
+    an.observe_token("a", Token(text=" The river bends west past the mill at dawn.", at=0.2))
+    an.observe_token("b", Token(text=" Count every seed twice before you plant any.", at=0.2))
     (moved,) = check(flat(run_series(an, {"a": [0.7], "b": [0.7]}, start=6)))
     assert isinstance(moved, InterferenceEvent)
     assert moved.payload.pattern_type == "constructive"
-    assert moved.payload.coherence_score == pytest.approx(1 - JS_KNOWN, abs=1e-6)
+    assert moved.payload.coherence_score <= 0.9
+    assert moved.payload.coherence_score == pytest.approx(an.coherence("a", "b"), abs=1e-6)
 
 
-def test_coherence_from_timing_proxy() -> None:
+# -- coherence on aligned text (issue 23, B3) ----------------------------------------------
+
+SAID = "Light moves through the model as it writes each token in turn. "
+SAID_TOO = "The lifeline glows while the words arrive, one frame at a time."
+
+
+def test_text_coherence_hand_computed() -> None:
+    assert text_coherence("hello world", "hello world") == 1.0
+    # "ab"/"ba": no offset agrees, chance 1/2: kappa -1, clipped to 0.
+    assert text_coherence("ab", "ba") == 0.0
+    # "aab"/"abb": 2 of 3 agree, chance (2*1 + 1*2)/9 = 4/9: (2/3 - 4/9) / (5/9) = 0.4.
+    assert text_coherence("aab", "abb") == pytest.approx(0.4)
+    assert text_coherence("aaaa", "aaaa") == 1.0  # chance is 1: equal counts as 1
+    assert text_coherence("aaaa", "bbbb") == 0.0
+    assert text_coherence("", "abc") is None
+
+
+def test_text_coherence_compares_aligned_offsets_only() -> None:
+    # Only the offsets both texts reach count: the longer one's tail waits for the other.
+    assert text_coherence("the cat", "the cat sat on the mat") == 1.0
+    # Only the last ``window`` common offsets count: the texts agree now.
+    assert text_coherence("x" * 300 + "abc", "y" * 300 + "abc", window=3) == 1.0
+    whole = text_coherence("x" * 300 + "abc", "y" * 300 + "abc")
+    assert whole is not None and whole < 0.05
+
+
+def test_identical_streams_score_one_whatever_the_tokenizer() -> None:
+    """Two greedy copies of one model write the same text: coherent, whichever token each
+    model saw last (the old snapshot of the latest tokens scored such a pair 0)."""
     an = CouncilAnalyzer()
-    observe_gaps(an, "a", [0.1, 0.1, 0.1])  # cv 0
-    observe_gaps(an, "b", [0.1, 0.3])  # cv 1/2
-    assert an.coherence("a", "b") == pytest.approx(0.0)
-    observe_gaps(an, "c", [0.2, 0.6])  # cv 1/2, like b
-    assert an.coherence("b", "c") == pytest.approx(1.0)
-    observe_gaps(an, "d", [])  # one token, no gap yet
-    assert an.coherence("a", "d") == 0.5
+    text = SAID + SAID_TOO
+    for i, word in enumerate(text.split(" ")):  # a: word by word
+        an.observe_token("a", Token(text=(" " if i else "") + word, at=i * 0.05))
+    for i in range(0, len(text), 3):  # b: three characters at a time, another rhythm
+        an.observe_token("b", Token(text=text[i : i + 3], at=i * 0.02))
+    assert an.coherence("a", "b") == 1.0
+    an.observe_token("b", Token(text=" and more", at=5.0))  # b runs ahead: still 1
+    assert an.coherence("a", "b") == 1.0
+
+
+def test_unrelated_streams_score_about_zero() -> None:
+    demo, sage = DemoSource(seed=0), DemoSource(seed=1)
+    an = CouncilAnalyzer()
+    an.observe_token("a", Token(text=demo.text_for("hi"), at=0.0))
+    an.observe_token("b", Token(text=sage.text_for("hi"), at=0.0))
+    assert an.coherence("a", "b") < 0.1
     assert an.coherence("a", "unknown") == 0.5
-
-
-def test_top_k_wins_over_timing_when_both_have_it() -> None:
-    an = CouncilAnalyzer()
-    observe_gaps(an, "a", [0.1, 0.1, 0.1])
-    observe_gaps(an, "b", [0.1, 0.3])
-    an.observe_token("a", Token(text="x", at=0.4, top_k=(0.5, 0.5)))  # a's gaps stay regular
-    assert an.coherence("a", "b") == pytest.approx(0.0)  # b has no top-K: timing
-    an.observe_token("b", Token(text="x", at=1.0, top_k=(0.5, 0.5)))
-    assert an.coherence("a", "b") == pytest.approx(1.0)
-    an.observe_token("b", Token(text="x", at=1.1))  # no top-K: the latest one stays
-    assert an.coherence("a", "b") == pytest.approx(1.0)
+    an.observe_token("c", Token(text="", at=0.0))  # no text yet: no evidence either way
+    assert an.coherence("a", "c") == 0.5
 
 
 def test_three_models_give_three_stable_pairs() -> None:
@@ -575,3 +610,43 @@ def test_every_kind_of_council_event_validates_against_published_schema() -> Non
         wire = json.loads(codec.encode(event))
         assert wire["channel"] == "council"
         assert wire["frameNumber"] == event.frame_number
+
+
+# -- a council that meets again (issue 23, B1) ----------------------------------------------
+
+
+def _council_run(decipher: Decipher, frame: int, t: float, tokens: int) -> tuple[int, float]:
+    """The pair answers ``tokens`` tokens, then ends; the frames run on until both are
+    dark. Returns the next frame number and time."""
+    sessions = [decipher.start_session(m, t) for m in ("demo", "demo-sage")]
+    for i in range(tokens):
+        # demo writes steadily; demo-sage fast at first, then slows down.
+        decipher.on_token(sessions[0], Token(text=f" w{i}", at=t))
+        if i < tokens // 2 or i % 4 == 0:
+            decipher.on_token(sessions[1], Token(text=f" v{i}", at=t))
+        for _ in range(3):
+            decipher.tick(frame, t)
+            frame, t = frame + 1, t + 1 / 60
+    for session in sessions:
+        decipher.end_session(session, t)
+    for _ in range(600):
+        decipher.tick(frame, t)
+        frame, t = frame + 1, t + 1 / 60
+    return frame, t
+
+
+def test_a_council_that_meets_again_starts_afresh() -> None:
+    """The analyzer runs only on frames where two models generate; the models' stop must
+    still reach it, or a second run starts with the first run's windows and sends their
+    interference before its own first token."""
+    decipher = Decipher(["demo", "demo-sage"], PROFILES["default"], "demo")
+    frame, t = _council_run(decipher, 0, 0.0, tokens=40)
+    sessions = [decipher.start_session(m, t) for m in ("demo", "demo-sage")]
+    early: list[Any] = []
+    # A pair's first event needs a full window of 5 samples (6 frames apart) of this run.
+    for _ in range((SAMPLE_WINDOW - 1) * EVERY):
+        out = decipher.tick(frame, t)
+        early.extend(e for e in out.lossless_events if isinstance(e, InterferenceEvent))
+        frame, t = frame + 1, t + 1 / 60
+    assert early == [], "the second run reported the first run's interference"
+    assert all(not s.tokens for s in sessions)

@@ -178,6 +178,12 @@ def _serve(args: argparse.Namespace) -> int:
                     shutdown_trigger=wait_for_signal,
                 )
             )
+            if server.port != settings.port:  # the default port was taken: say so
+                print(
+                    f"port {settings.port} is taken (another wirthforge?); "
+                    f"using {server.port} instead",
+                    flush=True,
+                )
             print(
                 f"wirthforge-trio {__version__}: {server.ws_url}  (health: {server.url}/health; "
                 "Ctrl+C to stop)",

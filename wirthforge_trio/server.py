@@ -67,10 +67,13 @@ def bind_listener(
         return sock
     assert last_error is not None
     if last_error.errno == errno.EADDRINUSE:
-        tried = " and ".join(str(p) for p in candidates)
+        taken = (
+            f"port {port} on {host} is already in use"
+            if len(candidates) == 1
+            else f"ports {' and '.join(map(str, candidates))} on {host} are both in use"
+        )
         raise SettingsError(
-            f"port {tried} on {host} is already in use (another wirthforge?); "
-            "choose a free one with --port or WIRTHFORGE_PORT"
+            f"{taken} (another wirthforge?); choose a free one with --port or WIRTHFORGE_PORT"
         )
     raise SettingsError(f"cannot listen on {host}:{port}: {last_error.strerror}")
 

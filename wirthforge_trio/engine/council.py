@@ -4,7 +4,10 @@ Pure: no I/O, no clock of its own. Token times (``Token.at``) and ``now`` are fl
 from the caller's clock; ``wall_ms`` (integer Unix epoch milliseconds) only stamps events.
 The rules, in plain words:
 
-Disagreement (DI, 0 = the models agree, 1 = they disagree completely)
+Disagreement (DI, 0 = the models agree, 1 = they disagree completely): offered as functions
+(``disagreement``, ``timing_disagreement``) for a snapshot of how alike two models' latest
+tokens are; coherenceScore does not use it (a snapshot of the latest tokens says little
+about whether two models write the same text: see Coherence below).
     * With top-K on both sides, DI is the Jensen-Shannon divergence of the two latest top-K
       distributions, with base-2 logarithms so it lies in [0, 1]. Only the first K = 10
       candidates of each count. Each distribution is normalised first (negative or
@@ -30,10 +33,21 @@ Interference (``interference_event``)
       anything else (None included) neutral.
     * ``intensity = |r|`` clipped to [0, 1] (0 when r is None): how strongly the two energy
       curves move together or against each other, whatever the pattern.
-    * ``coherenceScore = 1 - DI``.
+    * ``coherenceScore``: see Coherence below.
     * An event is emitted for a pair only on change: the first analysis of the pair, a new
       patternType, or intensity or coherence moved by at least 0.1 since that pair's last
       emitted event. Repeating the same state emits nothing.
+
+Coherence (``coherenceScore``: do the two models write the same text?)
+    * Each model's text in this run is compared character by character at the same offsets
+      (tokenizer-independent). With ``m`` the length of the shorter text, the window is the
+      last (up to) 256 common offsets ``[max(0, m - 256), m)``; ``p_o`` is the share of
+      offsets where the two characters are equal, and ``p_e`` the share expected by chance
+      from the two windows' character frequencies: ``p_e = sum_c f_a(c) f_b(c)``.
+    * ``coherenceScore = (p_o - p_e) / (1 - p_e)`` (Cohen's kappa), clipped to [0, 1]:
+      identical texts score 1, unrelated ones about 0 (equal only as often as chance has
+      it). When ``p_e = 1`` (both windows one repeated character), it is 1 if they are
+      equal, else 0. Before both models have written anything, it is 0.5: no evidence.
 
 Resonance (``resonance_event``: the models' cadences lock)
     * Checked at every sample for each pair of active models that are both FLOWING or
@@ -54,8 +68,11 @@ Resonance (``resonance_event``: the models' cadences lock)
 Activity
     * ``analyze`` only considers models that are in ``active`` and in ``energies``. A known
       model missing from them at a sampling frame is treated as stopped and forgotten (its
-      samples, token rhythm, top-K and pair history dropped, as :meth:`forget` does), so a
+      samples, text, last token time and pair history dropped, as :meth:`forget` does), so a
       window never spans a pause and a pair that meets again starts afresh.
+    * On frames where ``analyze`` does not run (fewer than two models generate), the caller
+      passes the generating models to ``retain``, which forgets the others at once: a
+      council that meets again never sees its previous run's samples.
     * Output order: every interference event (pair order), then every resonance event.
 
 Ensemble energy
@@ -67,7 +84,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, Literal, Protocol
 
@@ -94,7 +111,9 @@ __all__ = [
     "OVERTONES",
     "OVERTONE_TOLERANCE",
     "SAMPLE_WINDOW",
+    "TEXT_WINDOW",
     "TOP_K",
+    "UNKNOWN_COHERENCE",
     "UNKNOWN_DI",
     "CouncilAnalyzer",
     "CouncilEvent",
@@ -107,6 +126,7 @@ __all__ = [
     "ensemble_energy",
     "js_divergence",
     "pearson",
+    "text_coherence",
     "timing_disagreement",
 ]
 
@@ -115,6 +135,12 @@ TOP_K: Final = 10
 
 SAMPLE_WINDOW: Final = 5
 """Intensity samples per model that the Pearson correlation looks at."""
+
+TEXT_WINDOW: Final = 256
+"""Aligned character offsets (the latest common ones) that coherence compares."""
+
+UNKNOWN_COHERENCE: Final = 0.5
+"""coherenceScore before both models of a pair have written a character."""
 
 GAP_WINDOW: Final = 10
 """Inter-token gaps per model kept for the timing proxy."""
@@ -277,6 +303,28 @@ def timing_disagreement(gaps_a: Sequence[float], gaps_b: Sequence[float]) -> flo
     return _clamp01(abs(cv_a - cv_b) / total)
 
 
+def text_coherence(a: str, b: str, window: int = TEXT_WINDOW) -> float | None:
+    """Cohen's kappa of two texts compared at the same character offsets, in ``[0, 1]``.
+
+    Looks at the last ``window`` offsets both texts reach, so it follows what the models
+    write now; chance agreement (common letters, spaces) is discounted, so unrelated text
+    scores about 0 rather than the few percent of characters that match anyway. None when
+    either text is empty: nothing to compare.
+    """
+    end = min(len(a), len(b))
+    if end == 0:
+        return None
+    start = max(0, end - window)
+    xa, xb = a[start:end], b[start:end]
+    n = end - start
+    observed = sum(1 for x, y in zip(xa, xb, strict=True) if x == y) / n
+    counts_b = Counter(xb)
+    chance = math.fsum(k * counts_b[c] for c, k in Counter(xa).items()) / (n * n)
+    if chance >= 1.0 - _EPS:
+        return 1.0 if observed >= 1.0 else 0.0
+    return _clamp01((observed - chance) / (1.0 - chance))
+
+
 def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     """Pearson correlation in ``[-1, 1]``; None below 3 points or when either is flat.
 
@@ -352,9 +400,15 @@ class _ModelState:
     """What the analyzer remembers of one model between frames."""
 
     samples: deque[float] = attrs.field(factory=lambda: deque(maxlen=SAMPLE_WINDOW))
-    gaps: deque[float] = attrs.field(factory=lambda: deque(maxlen=GAP_WINDOW))
     last_token_at: float | None = None
-    top_k: Token | None = None
+    chunks: list[str] = attrs.field(factory=list)
+    """The model's text in this run, as its tokens came (joined when compared)."""
+
+    def text(self) -> str:
+        """The text so far; joined once here, so each token costs one append."""
+        if len(self.chunks) > 1:
+            self.chunks[:] = ["".join(self.chunks)]
+        return self.chunks[0] if self.chunks else ""
 
 
 @attrs.frozen
@@ -392,16 +446,12 @@ class CouncilAnalyzer:
         self._last_sample: int | None = None
 
     def observe_token(self, model_id: str, token: Token) -> None:
-        """Record a token's time (for gaps and phase) and its top-K when it has one."""
+        """Record a token's time (for the phase) and its text (for coherence)."""
         state = self._models.setdefault(model_id, _ModelState())
         last = state.last_token_at
-        if last is not None:
-            state.gaps.append(max(0.0, token.at - last))
-            state.last_token_at = max(last, token.at)
-        else:
-            state.last_token_at = token.at
-        if _has_mass(token.top_k):
-            state.top_k = token
+        state.last_token_at = token.at if last is None else max(last, token.at)
+        if token.text:
+            state.chunks.append(token.text)
 
     def forget(self, model_id: str) -> None:
         """Drop everything known about a model and every pair it belongs to."""
@@ -410,9 +460,28 @@ class CouncilAnalyzer:
             for pair in [p for p in table if model_id in p]:
                 del table[pair]
 
+    def retain(self, active: Iterable[str]) -> None:
+        """Forget every model not in ``active`` at once, on any frame.
+
+        The caller runs :meth:`analyze` only while two or more models generate, so it must
+        tell the analyzer on the other frames who stopped: a pair that meets again then
+        starts afresh instead of carrying its old windows into the new run
+        (docs/decisions.md, The Council).
+        """
+        keep = set(active)
+        for model_id in [m for m in self._models if m not in keep]:
+            self.forget(model_id)
+        if not self._models:
+            self._last_sample = None  # a new council samples on its first frame
+
     def coherence(self, a: str, b: str) -> float:
-        """``1 - DI`` for two models, from top-K, else timing, else 0.5."""
-        return 1.0 - self._di(a, b)
+        """How alike two models' texts are at aligned offsets (:func:`text_coherence`);
+        0.5 before both have written something."""
+        sa, sb = self._models.get(a), self._models.get(b)
+        if sa is None or sb is None:
+            return UNKNOWN_COHERENCE
+        score = text_coherence(sa.text(), sb.text())
+        return UNKNOWN_COHERENCE if score is None else score
 
     def analyze(
         self,
@@ -452,16 +521,6 @@ class CouncilAnalyzer:
         return interference + resonance
 
     # -- internals ---------------------------------------------------------------------------
-
-    def _di(self, a: str, b: str) -> float:
-        sa, sb = self._models.get(a), self._models.get(b)
-        if sa is None or sb is None:
-            return UNKNOWN_DI
-        if sa.top_k is not None and sb.top_k is not None:
-            return disagreement(sa.top_k, sb.top_k)
-        if len(sa.gaps) >= MIN_GAPS and len(sb.gaps) >= MIN_GAPS:
-            return timing_disagreement(sa.gaps, sb.gaps)
-        return UNKNOWN_DI
 
     def _interference(
         self, a: str, b: str, frame_number: int, wall_ms: int

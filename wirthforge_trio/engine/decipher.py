@@ -29,7 +29,7 @@ from ..contract.events import (
     TokenStreamPayload,
     wall_ms,
 )
-from ..sources.base import SourceError, Token
+from ..sources.base import SourceError, Token, with_hint
 from .council import CouncilAnalyzer, ensemble_energy
 from .energy import EU_PER_TOKEN, EnergyProfile, FlowState, ModelEnergy, energy_update
 from .rest_text import RestFrameText
@@ -280,6 +280,10 @@ class Decipher:
             lossless.extend(
                 self.council.analyze(frame_number, now, wall, self.energies, generating)
             )
+        else:
+            # The analyzer must see models stop even when it does not run (a council that
+            # meets again starts afresh: docs/decisions.md, The Council).
+            self.council.retain(generating)
 
         processing_ms = min((time.perf_counter() - started) * 1000.0, FRAME_BUDGET_MS)
         # At idle the default model's (decaying) energy keeps the lifeline lit.
@@ -490,9 +494,7 @@ def model_error(
     failure: SourceError, model_id: str, details: dict[str, object] | None = None
 ) -> ErrorEvent:
     """The error_event (component ``model``) that tells the user what happened and what to do."""
-    text = f"model {model_id}: {failure.message}"
-    if failure.hint:
-        text += f" {failure.hint}"
+    text = with_hint(f"model {model_id}: {failure.message}", failure.hint)
     return ErrorEvent(
         timestamp=wall_ms(),
         payload=ErrorPayload(

@@ -1,15 +1,17 @@
 """Wake-ups on time to the microsecond, for the frame clock.
 
 Trio sleeps in ``epoll_wait``, whose timeout is whole milliseconds rounded up, so a tick
-would wake up to a millisecond after it is due. A Linux timerfd armed at the absolute due time on CLOCK_MONOTONIC becomes readable when the
-kernel's high-resolution timer fires, and Trio's epoll loop wakes for it like for any socket.
+would wake up to a millisecond after it is due. A Linux timerfd armed at the absolute due
+time on CLOCK_MONOTONIC becomes readable when the kernel's high-resolution timer fires, and
+Trio's epoll loop wakes for it like for any socket.
 ``os.timerfd_*`` exists from Python 3.13; before that the same two libc calls are made through
 ctypes. Where neither works (not Linux), :func:`open_timer` returns None and the clock sleeps
 as before.
 
 The frame clock's wake-ups are one period apart, so the timer is armed as a periodic one and
 left running while each wake-up it is asked for falls within :data:`SLACK_NS` of one of its
-expiries: most ticks then cost no call to arm it. It is armed again when the clock's lead changes or the expiries drift out of the slack.
+expiries: most ticks then cost no call to arm it. It is armed again when the clock's lead
+changes or the expiries drift out of the slack.
 """
 
 from __future__ import annotations

@@ -50,7 +50,25 @@ class SourceError(Exception):
         self.hint = hint
 
     def __str__(self) -> str:
-        return f"{self.message} {self.hint}".strip()
+        return with_hint(self.message, self.hint)
+
+
+def with_hint(message: str, hint: str) -> str:
+    """What happened and what to do, as two sentences: "It failed. Check the runtime."
+
+    Both parts are written lower-case and without a final stop, so they can also be quoted
+    inside another sentence; joined, they must not run together (issue 23).
+    """
+    message, hint = message.strip(), hint.strip()
+    if not hint:
+        return message
+    if not message:
+        return hint
+    if message[-1] not in ".!?":
+        message += "."
+    if hint[-1] not in ".!?":
+        hint += "."
+    return f"{message} {hint[0].upper()}{hint[1:]}"
 
 
 class ModelSource(Protocol):

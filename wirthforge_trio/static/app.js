@@ -237,6 +237,7 @@ let lastForeignRun = null; // sessions started elsewhere close together share on
 let currentRun = null; // this page's latest run (the cancel button's target)
 
 function newRun(label) {
+  $("runs-empty").hidden = true;
   const el = document.createElement("article");
   el.className = "run";
   const heading = document.createElement("h3");
@@ -281,7 +282,7 @@ function sessionView(sessionId, modelId, run) {
   column.append(header, text);
   run.columns.append(column);
   run.sessions.add(sessionId);
-  view = { run, column, text, status, complete: false };
+  view = { run, column, text, status, complete: false, failed: false };
   sessionViews.set(sessionId, view);
   return view;
 }
@@ -298,10 +299,32 @@ client.on("token_stream", (event) => {
   if (p.isComplete && !view.complete) {
     view.complete = true;
     view.column.dataset.complete = "true";
-    view.status.textContent = "complete";
+    showEnd(p.sessionId, view);
     updateCancel();
   }
 });
+
+function setStatus(view, status) {
+  view.status.textContent = status;
+  view.column.dataset.status = status;
+}
+
+// The last token_stream says only that a session ended: how (complete, cancelled, failed)
+// the server tells on GET /prompt/{id}; an error_event naming the session means failed,
+// whichever of the two arrives first.
+async function showEnd(sessionId, view) {
+  let status = null;
+  if (!view.failed) {
+    try {
+      const response = await fetch(`/prompt/${encodeURIComponent(sessionId)}`, { headers: auth });
+      if (response.ok) status = (await response.json()).status;
+    } catch {
+      // the server is gone for now: say only that it ended
+    }
+  }
+  if (view.failed) status = "failed";
+  setStatus(view, status && status !== "streaming" ? status : "ended");
+}
 
 client.on("session_lost", ({ sessionId, reason }) => {
   const view = sessionViews.get(sessionId);
@@ -324,6 +347,11 @@ client.on("reward_event", (event) => {
 
 client.on("error_event", (event) => {
   const p = event.payload;
+  const view = sessionViews.get(p.details?.sessionId);
+  if (view && p.severity !== "info" && p.severity !== "warning") {
+    view.failed = true;
+    setStatus(view, "failed");
+  }
   const where = p.component ? ` [${p.component}]` : "";
   const next = p.recoverable ? "" : " (not recoverable)";
   showError(p.severity ?? "error", p.code, `${p.message}${where}${next}`);
@@ -354,6 +382,14 @@ async function refreshModels() {
     [...picker.querySelectorAll("input:checked")].map((input) => input.value),
   );
   for (const label of picker.querySelectorAll("label")) label.remove();
+  const demos = body.models.filter((m) => m.source === "demo").map((m) => m.modelId);
+  $("demo-note").hidden = demos.length === 0;
+  $("demo-note").textContent =
+    (demos.length > 1
+      ? `The demo models (${demos.join(", ")}) run no AI: they stream`
+      : `The demo model (${demos.join(", ")}) runs no AI: it streams`) +
+    " canned sentences unrelated to the prompt. For a real model, serve one with" +
+    " --model ollama:NAME or --model openai:NAME.";
   for (const m of body.models) {
     const label = document.createElement("label");
     const input = document.createElement("input");
@@ -390,7 +426,8 @@ $("prompt-form").addEventListener("submit", async (event) => {
       showError("error", `HTTP ${response.status}`, body.error ?? response.statusText);
       return;
     }
-    const label = body.sessions.length > 1 ? "Council" : "Prompt";
+    // The heading names the models, never the prompt (which stays out of the page's runs).
+    const label = body.sessions.length > 1 ? "Council" : "Model";
     currentRun = newRun(`${label}: ${body.sessions.map((s) => s.modelId).join(", ")}`);
     for (const s of body.sessions) sessionView(s.sessionId, s.modelId, currentRun);
     updateCancel();

@@ -27,10 +27,14 @@ from .direct import hypercorn_websocket
 
 
 def answer_parse_faults(
-    asgi_send: Callable[..., Any], on_fault: Callable[[int, str], None]
+    asgi_send: Callable[..., Any],
+    on_fault: Callable[[int, str], None],
+    *,
+    on_close: Callable[[int], None] | None = None,
 ) -> Callable[[], None] | None:
     """Answer parse failures on the WebSocket behind ``asgi_send`` with a close frame, and
-    report each as ``on_fault(code, reason)``. Returns the function that stops this (call it
+    report each as ``on_fault(code, reason)``; a close frame from the client as
+    ``on_close(code)``. Returns the function that stops this (call it
     when the connection ends: wsproto's connection then no longer refers to ``on_fault``), or
     None when it is not a WebSocket of Hypercorn and wsproto as this was written for (the
     connection is then served as before)."""
@@ -47,6 +51,8 @@ def answer_parse_faults(
             if isinstance(event, CloseConnection) and connection.state is ConnectionState.OPEN:
                 connection._state = ConnectionState.REMOTE_CLOSING
                 on_fault(event.code, event.reason or "")
+            elif isinstance(event, CloseConnection) and on_close is not None:
+                on_close(event.code)  # the client's own close frame (Hypercorn drops its code)
             yield event
 
     def stop() -> None:

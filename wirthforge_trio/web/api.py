@@ -117,6 +117,23 @@ async def cancel_prompt(session_id: str) -> Any:
     return jsonify({"sessionId": session.id, "status": "cancelling"}), 202
 
 
+@api.get("/prompt/<session_id>")
+async def prompt_status(session_id: str) -> Any:
+    """How a session ended (or that it still streams): the wire's final token_stream says
+    only that it is complete, and a page must not call a cancelled one complete."""
+    session = server_state().engine.decipher.sessions.get(session_id)
+    if session is None:
+        return json_error(404, f"no session {session_id[:64]!r} on this server", "sessionId")
+    return jsonify(
+        {
+            "sessionId": session.id,
+            "modelId": session.model_id,
+            "status": session.status,
+            "tokens": len(session.tokens),
+        }
+    )
+
+
 @api.get("/models")
 async def models() -> Any:
     state = server_state()

@@ -13,8 +13,9 @@ from typing import Any, Final
 
 import sniffio
 import trio
+from quart import request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ..config import Settings, SettingsError, detect_tier
 from ..contract.close_codes import CLOSE_GOING_AWAY
@@ -32,7 +33,7 @@ from ..transport.hub import Hub
 from ..version import __version__
 from .access import access
 from .api import api
-from .errors import json_error
+from .errors import http_error, json_error
 from .page import page
 from .state import ServerState
 from .websocket import socket_route
@@ -201,6 +202,11 @@ def create_app(
             await state.hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
         state.hub.abort_remaining()
         state.engine.stop()
+
+    @app.errorhandler(HTTPException)
+    async def any_http_error(error: HTTPException) -> Any:
+        """Every other HTTP error in the API's JSON shape (docs/protocol.md, "HTTP")."""
+        return http_error(error, request.method, request.path)
 
     @app.errorhandler(RequestEntityTooLarge)
     async def too_large(_: RequestEntityTooLarge) -> Any:

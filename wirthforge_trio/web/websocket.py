@@ -111,23 +111,47 @@ async def ws() -> Any:
         max_backlog_bytes=settings.max_backlog_bytes,
         direct=direct,
     )
+    client_close: list[int] = []  # the code of the client's close frame, for the log
     stop_answering_faults = (
-        None if asgi_send is None else answer_parse_faults(asgi_send, connection.note_parse_fault)
+        None
+        if asgi_send is None
+        else answer_parse_faults(
+            asgi_send, connection.note_parse_fault, on_close=client_close.append
+        )
     )
-    log.info("connection %s opened from %s (%d open)", connection.id, connection.remote, len(hub))
+    # The count includes this connection (and any still awaiting resume).
+    log.info(
+        "connection %s opened from %s (%d open)",
+        connection.id,
+        connection.remote,
+        state.limiter.open,
+    )
     try:
         await connection.run(encode(_startup(state)))
     finally:
         if stop_answering_faults is not None:
             stop_answering_faults()  # wsproto no longer refers to the connection
+        closed_by_server = connection.close_code
         # Cancelled by the server (shutdown) rather than closed: still say goodbye (1001).
         await connection.close_on_cancel()
         hub.remove(connection)
         slot.release()
+        _log_closed(connection, None if closed_by_server is not None else client_close, state)
+    return None
+
+
+def _log_closed(connection: Connection, client_close: list[int] | None, state: ServerState) -> None:
+    if client_close:
+        log.info(
+            "connection %s closed by the client (code %s, %d open)",
+            connection.id,
+            client_close[0],
+            state.limiter.open,
+        )
+    else:
         log.info(
             "connection %s closed (code %s, %d open)",
             connection.id,
             connection.close_code,
-            len(hub),
+            state.limiter.open,
         )
-    return None

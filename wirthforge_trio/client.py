@@ -180,9 +180,20 @@ def _failure_of(error: BaseException, connect_timeout: float) -> Failure:
     if isinstance(error, ConnectionTimeout):
         return Failure("timeout", seconds=connect_timeout)
     cause = error.__cause__ if isinstance(error, HandshakeError) else error
-    if isinstance(cause, ConnectionRefusedError):
-        return Failure("refused", detail=cause.strerror or "")
+    if _refused(cause):
+        return Failure("refused")
     return Failure("error", detail=str(cause or error) or type(error).__name__)
+
+
+def _refused(error: BaseException | None) -> bool:
+    """Whether every TCP connect behind ``error`` was refused (trio groups one error per
+    address tried under the ``OSError`` it raises)."""
+    if isinstance(error, ConnectionRefusedError):
+        return True
+    group = None if error is None else error.__cause__
+    if isinstance(error, OSError) and isinstance(group, BaseExceptionGroup):
+        return all(isinstance(e, ConnectionRefusedError) for e in group.exceptions)
+    return False
 
 
 def _said(body: bytes | None) -> str:

@@ -8,6 +8,7 @@ trio-websocket servers. Timing assertions use wide windows: these run on loaded 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import random
 import socket
@@ -17,6 +18,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 from trio_websocket import (
     ConnectionRejected,
     WebSocketConnection,
@@ -597,6 +599,38 @@ async def test_gives_up_after_max_attempts() -> None:
     assert states_entered(client).count(S.RECONNECTING) == 2
 
 
+async def test_the_shell_sleeps_exactly_the_backoff_between_attempts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """On a virtual clock: each attempt starts when the core's delay has passed, no sooner
+    and no later, and the delays follow the seeded backoff (a refused loopback connect takes
+    no virtual time)."""
+    twin = Backoff(base=1.0, cap=8.0, rng=random.Random(21))
+    started: list[float] = []
+    retries = []
+
+    async def record(client: Client) -> None:
+        with pytest.raises(ClientClosed):  # after the last attempt, waiting for a retry
+            while True:
+                await client.wait_state(S.CONNECTING)
+                started.append(trio.current_time())
+                await client.wait_state(S.RECONNECTING)
+                retries.append(client.retry)
+
+    backoff = Backoff(base=1.0, cap=8.0, rng=random.Random(21))
+    async with connect(closed_url(), backoff=backoff, max_attempts=6) as client:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(record, client)
+            with trio.fail_after(120):
+                await client.wait_state(S.CLOSED)
+    expected = [twin.delay(n) for n in range(5)]
+    assert [r.delay for r in retries if r is not None] == expected
+    assert all(r is not None and r.failure.kind == "refused" for r in retries)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(started)]
+    assert gaps == pytest.approx(expected, abs=1e-6)
+    assert client.attempts == 6 and sum(expected) > 1.0
+
+
 @pytest.mark.parametrize(("status", "final"), [(401, True), (403, True), (404, True), (503, False)])
 async def test_a_refusal_that_retrying_cannot_change_ends_the_client(
     nursery: trio.Nursery, status: int, final: bool
@@ -713,3 +747,40 @@ async def test_watch_returns_1_when_nothing_answers() -> None:
     out = io.StringIO()
     assert await watch(closed_url(), summary=False, out=out, seconds=0.5) == 1
     assert out.getvalue() == ""
+
+
+async def test_watch_says_why_each_retry_happens_one_line_per_attempt(
+    nursery: trio.Nursery,
+) -> None:
+    async def failing(index: int, ws: WebSocketConnection) -> None:
+        await ws.send_message(startup())
+        await ws.aclose(1011, "oops")
+
+    fake = await FakeServer(failing).start(nursery)
+    out, err = io.StringIO(), io.StringIO()
+    assert await watch(fake.url, summary=False, out=out, err=err, seconds=3.5) == 0
+    lines = err.getvalue().splitlines()
+    assert lines[0] == f"wirthforge watch: connecting to {fake.url}"
+    retries = lines[1:]
+    assert retries and all(
+        line.startswith("wirthforge watch: closed with code 1011: oops; retrying in ")
+        for line in retries
+    ), lines
+    # One line per ended connection: the last one may still be open at the deadline.
+    assert len(fake.opened_at) - 1 <= len(retries) <= len(fake.opened_at)
+    assert out.getvalue().splitlines().count("startup_complete") == len(fake.opened_at)
+
+
+async def test_watch_says_when_a_silent_server_timed_out(nursery: trio.Nursery) -> None:
+    async def silent(index: int, ws: WebSocketConnection) -> None:
+        await ws.send_message(startup())
+        await trio.sleep_forever()
+
+    fake = await FakeServer(silent).start(nursery)
+    err = io.StringIO()
+    await watch(fake.url, summary=False, out=io.StringIO(), err=err, seconds=3.0)
+    lines = err.getvalue().splitlines()
+    assert any(
+        line.startswith("wirthforge watch: timeout: no message for 2.0 s; retrying in ")
+        for line in lines
+    ), lines

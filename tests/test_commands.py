@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -18,7 +19,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 from wirthforge_trio.config import SettingsError
 from wirthforge_trio.server import bind_listener
 
-from .conftest import check_message
+from .conftest import RunningServer, check_message
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -193,3 +194,86 @@ async def test_wirthforge_watch_prints_a_summary() -> None:
         process.communicate(timeout=15)
     assert result.returncode == 0, result.stderr
     assert b"frames/s" in result.stdout and b"state=connected" in result.stdout
+
+
+# --- wirthforge watch: what a person at the terminal sees ------------------------------------
+
+
+class Lines:
+    """Lines of a subprocess's pipe, read as they come."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+        self.seen: list[str] = []
+
+    async def next(self) -> str:
+        while b"\n" not in self.buffer:
+            chunk = await self.stream.receive_some()
+            if not chunk:
+                raise AssertionError(f"the pipe ended; lines so far: {self.seen}")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        self.seen.append(line.decode())
+        return self.seen[-1]
+
+    async def rest(self) -> str:
+        """Everything left, up to the end of the pipe."""
+        chunks = [self.buffer]
+        while chunk := await self.stream.receive_some():
+            chunks.append(bytes(chunk))
+        return b"".join(chunks).decode()
+
+
+async def start_watch(nursery: trio.Nursery, url: str) -> trio.Process:
+    process: trio.Process = await nursery.start(
+        partial(
+            trio.run_process,
+            [str(BIN / "wirthforge"), "watch", "--url", url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            check=False,
+            cwd=ROOT,
+        )
+    )
+    return process
+
+
+async def interrupt(process: trio.Process) -> tuple[int, str]:
+    """Ctrl+C: SIGINT, then the exit status and whatever was printed after it."""
+    assert process.stdout is not None and process.stderr is not None
+    process.send_signal(signal.SIGINT)
+    with trio.fail_after(20):
+        out, err = Lines(process.stdout), Lines(process.stderr)
+        printed = await out.rest() + await err.rest()
+        return await process.wait(), printed
+
+
+async def test_ctrl_c_ends_wirthforge_watch_quietly_with_status_130(
+    server: RunningServer, nursery: trio.Nursery
+) -> None:
+    process = await start_watch(nursery, server.ws_url)
+    assert process.stdout is not None
+    with trio.fail_after(30):
+        assert await Lines(process.stdout).next() == "startup_complete"
+    status, printed = await interrupt(process)
+    assert status == 130, printed
+    assert "Traceback" not in printed and "KeyboardInterrupt" not in printed
+
+
+async def test_wirthforge_watch_without_a_server_says_it_connects_and_why_it_retries(
+    nursery: trio.Nursery,
+) -> None:
+    url = f"ws://127.0.0.1:{free_port()}/ws"  # nobody listens: each attempt is refused
+    process = await start_watch(nursery, url)
+    assert process.stderr is not None
+    err = Lines(process.stderr)
+    with trio.fail_after(30):  # the default backoff: the second retry comes within 3 s
+        first = await err.next()
+        retries = [await err.next(), await err.next()]
+    assert first == f"wirthforge watch: connecting to {url}"
+    for line in retries:
+        assert line.startswith("wirthforge watch: connection refused"), err.seen
+        assert "; retrying in " in line and line.endswith(" s"), line
+    status, printed = await interrupt(process)
+    assert status == 130 and "Traceback" not in printed, printed

@@ -99,14 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(args)
         if args.command == "watch":
-            from .watch import watch
-
-            token = args.token or os.environ.get("WIRTHFORGE_TOKEN") or None
-            if token is not None:
-                check_token(token)  # one that no header could carry is named, not sent
-            return trio.run(
-                partial(watch, args.url, summary=args.summary, seconds=args.seconds, token=token)
-            )
+            return _watch(args)
         return _schema(args)
     except SettingsError as exc:
         print(f"wirthforge: error: {exc}", file=sys.stderr)
@@ -119,6 +112,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         first = _first_leaf(settings_error)
         print(f"wirthforge: error: {first}", file=sys.stderr)
         return 2
+
+
+def _watch(args: argparse.Namespace) -> int:
+    """``wirthforge watch``: Ctrl+C ends it quietly with status 130, never a traceback."""
+    from .watch import INTERRUPTED, watch_until_interrupted
+
+    token = args.token or os.environ.get("WIRTHFORGE_TOKEN") or None
+    if token is not None:
+        check_token(token)  # one that no header could carry is named, not sent
+    try:
+        return trio.run(
+            partial(
+                watch_until_interrupted,
+                args.url,
+                summary=args.summary,
+                seconds=args.seconds,
+                token=token,
+            )
+        )
+    except KeyboardInterrupt:  # Ctrl+C outside the watch's own handler (start, end)
+        return INTERRUPTED
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:

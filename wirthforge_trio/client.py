@@ -9,7 +9,9 @@ closes, and ``last_error`` holds the refusal with the server's explanation. Each
 is opened with ``?resume=1`` and starts with a ``resume`` message built from what the client
 holds, so a reconnect loses nothing and duplicates nothing: the server answers with a
 ``state_snapshot``, the lossless events that were missed, and per held session exactly the
-tokens after the count the client reported.
+tokens after the count the client reported. What to send, what to deliver and whether to
+reconnect is decided by the sans-IO :class:`~wirthforge_trio.client_core.ClientCore`; this
+module does the I/O and the waiting around it.
 
 Events reach the user through a bounded Trio memory channel (``async for event in client``).
 A user that stops reading fills it; the socket reader then blocks, trio-websocket stops
@@ -22,13 +24,10 @@ heartbeat timeout (10 s by default, close 4408), and the client then reconnects 
 
 from __future__ import annotations
 
-import enum
-import logging
-import random
+import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from types import MappingProxyType
 from typing import Any, Final
 
 import attrs
@@ -37,32 +36,33 @@ import trio
 from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
+    ConnectionTimeout,
     HandshakeError,
     WebSocketConnection,
-    open_websocket_url,
+    wrap_client_stream,
 )
 
-from .contract.codec import EventDecodeError, decode_event, encode_client_message
-from .contract.events import (
-    CHANNELS,
-    EXTENSION_TOPICS,
-    ChannelsPayload,
-    ClientMessage,
-    Event,
-    FrameEvent,
-    Heartbeat,
-    HeartbeatResponse,
-    HeartbeatResponsePayload,
-    HeldSession,
-    Ping,
-    Pong,
-    Resume,
-    ResumePayload,
-    StateSnapshot,
-    Subscribe,
-    TokenStream,
-    Unsubscribe,
+from .client_core import (
+    DEFAULT_BACKOFF,
+    TRANSITIONS,
+    Backoff,
+    ClientClosed,
+    ClientCore,
+    ClientError,
+    ConnectionState,
+    Failure,
+    IllegalTransition,
+    NotConnected,
+    Retry,
+    SessionText,
+    Stop,
+    check_transition,
+    log,
+    status_is_final,
 )
+from .contract.close_codes import CLOSE_ABNORMAL, CLOSE_NORMAL
+from .contract.codec import encode_client_message
+from .contract.events import ClientMessage, Event, Ping, Pong
 
 __all__ = [
     "DEFAULT_BACKOFF",
@@ -79,11 +79,6 @@ __all__ = [
     "connect",
 ]
 
-log = logging.getLogger("wirthforge_trio.client")
-
-CLOSE_NORMAL: Final = 1000
-CLOSE_ABNORMAL: Final = 1006
-"""What trio-websocket reports when the TCP connection ended without a close frame."""
 CLOSE_TIMEOUT: Final = 2.0
 """Seconds a normal close (1000) may take before the socket is simply dropped."""
 EVENT_BUFFER: Final = 512
@@ -92,118 +87,8 @@ OUTGOING_BUFFER: Final = 64
 """Messages waiting for the connection's writer (heartbeat answers, subscriptions, pings)."""
 MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 """A replayed token_stream of a long session can be large; this only guards memory."""
-SUBSCRIBABLE: Final = frozenset(CHANNELS + EXTENSION_TOPICS)
-DEFAULT_CHANNELS: Final = frozenset(CHANNELS)
-"""What the server sends a new connection: the five channels, no extension topic."""
-ALWAYS_ON: Final = frozenset({"system"})
 
-
-# --- connection state machine ---------------------------------------------------------------
-
-
-class ConnectionState(enum.Enum):
-    """Where the client is in its connection life; see :data:`TRANSITIONS`."""
-
-    DISCONNECTED = "disconnected"
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    RECONNECTING = "reconnecting"
-    CLOSED = "closed"
-
-
-_S = ConnectionState
-TRANSITIONS: Final[Mapping[ConnectionState, frozenset[ConnectionState]]] = MappingProxyType(
-    {
-        _S.DISCONNECTED: frozenset({_S.CONNECTING, _S.CLOSED}),
-        # A failed handshake goes straight to RECONNECTING (waiting out the backoff).
-        _S.CONNECTING: frozenset({_S.CONNECTED, _S.RECONNECTING, _S.CLOSED}),
-        _S.CONNECTED: frozenset({_S.RECONNECTING, _S.CLOSED}),
-        _S.RECONNECTING: frozenset({_S.CONNECTING, _S.CLOSED}),
-        _S.CLOSED: frozenset(),  # final
-    }
-)
-"""Every legal transition: the one place that says how a connection may move."""
-
-
-class ClientError(Exception):
-    """Base class of this module's errors."""
-
-
-class IllegalTransition(ClientError, RuntimeError):
-    """A transition :data:`TRANSITIONS` forbids: always a bug in the client."""
-
-
-class NotConnected(ClientError):
-    """The operation needs a live connection and there is none (it may come back)."""
-
-
-class ClientClosed(ClientError):
-    """The client is closed for good; waiting for another state is pointless."""
-
-
-def check_transition(old: ConnectionState, new: ConnectionState) -> None:
-    """Raise :class:`IllegalTransition` unless ``old -> new`` is in the table."""
-    if new not in TRANSITIONS[old]:
-        raise IllegalTransition(f"illegal connection transition {old.name} -> {new.name}")
-
-
-# --- backoff --------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Backoff:
-    """Reconnect delays: exponential growth with "full jitter".
-
-    ``delay(n) = uniform(0, min(cap, base * factor**n))`` for the n-th consecutive retry
-    (n = 0 first). Bounds: ``0 <= delay(n) <= min(cap, base * factor**n)``, so the first
-    retry waits at most ``base`` and no retry ever waits more than ``cap``. Full jitter
-    spreads clients that lost the same server, so they do not all come back at once.
-    """
-
-    base: float = attrs.field(default=1.0, validator=attrs.validators.ge(0.0))
-    factor: float = attrs.field(default=2.0, validator=attrs.validators.ge(1.0))
-    cap: float = attrs.field(default=30.0, validator=attrs.validators.ge(0.0))
-    rng: random.Random = attrs.field(factory=random.Random, eq=False, repr=False)
-
-    def ceiling(self, attempt: int) -> float:
-        """The largest delay retry ``attempt`` may get."""
-        if attempt < 0:
-            raise ValueError(f"attempt must be >= 0, got {attempt}")
-        try:
-            return min(self.cap, self.base * self.factor**attempt)
-        except OverflowError:  # factor**attempt beyond float range: long past the cap
-            return self.cap
-
-    def delay(self, attempt: int) -> float:
-        """A random delay in ``[0, ceiling(attempt)]``."""
-        return self.rng.uniform(0.0, self.ceiling(attempt))
-
-
-DEFAULT_BACKOFF: Final = Backoff()
-
-
-# --- what the client holds ------------------------------------------------------------------
-
-
-@attrs.define
-class SessionText:
-    """One generation session as received: what ``resume`` reports and restores."""
-
-    session_id: str
-    model_id: str | None = None
-    tokens: list[str] = attrs.field(factory=list)
-    complete: bool = False
-    offset: int = 0
-    """Tokens of the session sent before this client joined (learned from a snapshot)."""
-
-    @property
-    def text(self) -> str:
-        return "".join(self.tokens)
-
-    @property
-    def count(self) -> int:
-        """Index of the next token in the whole session: what the server is told we hold."""
-        return self.offset + len(self.tokens)
+Stream = trio.SocketStream | trio.SSLStream[trio.SocketStream]
 
 
 @attrs.define(eq=False)
@@ -221,34 +106,16 @@ class _PendingPing:
     done: trio.Event = attrs.field(factory=trio.Event)
 
 
-@attrs.frozen
-class _Expected:
-    """A resumed snapshot's row for a session, to place its next token_stream exactly."""
-
-    held: int | None
-    """The count ``resume`` reported (None: a session the client did not hold)."""
-    published: int
-    """Tokens the server had published at the snapshot: where a replay ends."""
-    timestamp: int
-    """The snapshot's timestamp, which its replayed token_streams share."""
-
-
 @attrs.define(eq=False)
 class _Link:
-    """One WebSocket connection's bookkeeping (a new one per attempt)."""
+    """One WebSocket connection's I/O side (a new one per connection)."""
 
     ws: WebSocketConnection
     outgoing: trio.MemorySendChannel[str]
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    reported: dict[str, int] = attrs.field(factory=dict)
-    """Session id -> token count this connection's ``resume`` reported as held."""
-    expected: dict[str, _Expected] = attrs.field(factory=dict)
-    """What the latest snapshot says about each session's next token_stream."""
     pings: list[_PendingPing] = attrs.field(factory=list)
     aborted: bool = False
     silent: bool = False
-    healthy: bool = False
-    """The server proved it serves (snapshot or heartbeat): the backoff starts over."""
     close_code: int | None = None
     close_reason: str | None = None
 
@@ -266,21 +133,78 @@ class _Link:
             pass
 
 
-def _with_resume(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    query = [
-        (k, v)
-        for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-        if k != "resume"
-    ]
-    query.append(("resume", "1"))
-    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+@attrs.define(eq=False)
+class _Attempt:
+    """What one attempt opened, so its way out can close exactly that."""
+
+    stream: Stream | None = None
+    link: _Link | None = None
+    error: BaseException | None = None
+
+
+@attrs.frozen
+class _Target:
+    """Where a ``ws://``/``wss://`` URL points: what the TCP connection and handshake need."""
+
+    host: str
+    port: int
+    resource: str
+    host_header: str
+    tls: bool
+
+    @classmethod
+    def of(cls, url: str) -> _Target:
+        parts = urllib.parse.urlsplit(url)
+        tls = parts.scheme == "wss"
+        if parts.hostname is None:
+            raise ValueError(f"a WebSocket URL names a host, got {url!r}")
+        host = parts.hostname
+        port = parts.port or (443 if tls else 80)
+        resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        shown = f"[{host}]" if ":" in host else host
+        header = shown if port == (443 if tls else 80) else f"{shown}:{port}"
+        return cls(host, port, resource, header, tls)
 
 
 def _json_normal(payload: Mapping[str, Any]) -> dict[str, Any]:
     """The payload as it will look after the round trip (tuples become lists...)."""
     result: dict[str, Any] = orjson.loads(orjson.dumps(dict(payload)))
     return result
+
+
+def _failure_of(error: BaseException, connect_timeout: float) -> Failure:
+    """A failed handshake as the core's :class:`Failure`."""
+    if isinstance(error, ConnectionRejected):
+        return Failure("rejected", error.status_code, _said(error.body))
+    if isinstance(error, ConnectionTimeout):
+        return Failure("timeout", seconds=connect_timeout)
+    cause = error.__cause__ if isinstance(error, HandshakeError) else error
+    if _refused(cause):
+        return Failure("refused")
+    return Failure("error", detail=str(cause or error) or type(error).__name__)
+
+
+def _refused(error: BaseException | None) -> bool:
+    """Whether every TCP connect behind ``error`` was refused (trio groups one error per
+    address tried under the ``OSError`` it raises)."""
+    if isinstance(error, ConnectionRefusedError):
+        return True
+    group = None if error is None else error.__cause__
+    if isinstance(error, OSError) and isinstance(group, BaseExceptionGroup):
+        return all(isinstance(e, ConnectionRefusedError) for e in group.exceptions)
+    return False
+
+
+def _said(body: bytes | None) -> str:
+    """What a refusal's body says: its JSON ``error``, else the start of its text."""
+    body = (body or b"")[:2000]
+    try:
+        said = orjson.loads(body).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        said = None
+    if not isinstance(said, str):
+        said = body.decode("utf-8", "replace").strip()[:200]
+    return said
 
 
 # --- the client -----------------------------------------------------------------------------
@@ -292,7 +216,9 @@ class Client:
     ``async for event in client`` yields every server event (typed, in order), including
     ``startup_complete`` and ``state_snapshot`` of each connection and replayed token
     streams. ``sessions`` holds the text of every session seen, without duplicates across
-    reconnects; ``lost_sessions`` the ones a restarted server could not resume.
+    reconnects; ``lost_sessions`` the ones a restarted server could not resume. The
+    decisions and the books are :class:`~wirthforge_trio.client_core.ClientCore`'s; this
+    class does the I/O and the waiting.
     """
 
     def __init__(
@@ -314,62 +240,120 @@ class Client:
             raise ValueError(f"a WebSocket URL starts with ws:// or wss://, got {url!r}")
         if watchdog <= 0:
             raise ValueError(f"watchdog must be > 0 seconds, got {watchdog}")
-        self.url = url
-        self.resume = resume
-        self.backoff = backoff
+        self._core = ClientCore(
+            url,
+            channels=channels,
+            models=models,
+            resume=resume,
+            backoff=backoff,
+            max_attempts=max_attempts,
+        )
         self.watchdog = watchdog
         self.connect_timeout = connect_timeout
-        self.max_attempts = max_attempts
         self._headers = [(k.encode(), v.encode()) for k, v in (extra_headers or {}).items()]
-        self._channels: set[str] = set(DEFAULT_CHANNELS)
-        self._models_included: set[str] | None = None
-        self._models_excluded: set[str] = set()
-        if channels is not None:
-            wanted = set(channels) | ALWAYS_ON
-            self._check_channels(wanted)
-            self._channels = wanted
-        if models is not None:
-            self._models_included = set(models)
-
-        self.state = ConnectionState.DISCONNECTED
-        self.transitions: list[tuple[ConnectionState, ConnectionState]] = []
-        self.sessions: dict[str, SessionText] = {}
-        self.lost_sessions: list[str] = []
-        self.server_instance: str | None = None
-        self.last_frame: int | None = None
-        self.attempts = 0
-        """Connection attempts made, the first included."""
-        self.reconnects = 0
-        """Successful connections after the first one."""
-        self.close_code: int | None = None
-        """Close code of the last connection that ended (1006: dropped without a close)."""
         self.last_error: BaseException | None = None
-        self.undecodable = 0
-        """Server messages that were not contract events (skipped, logged)."""
+        """What made the latest attempt or connection fail (a refusal, an OSError...)."""
 
         self._events_send, self._events_recv = trio.open_memory_channel[Event](buffer)
         self._waiters: list[_Waiter] = []
+        self._seen_transitions = 0
         self._link: _Link | None = None
-        self._connected_once = False
-        self._close_requested = False
+        self._started = False
         self._supervisor_scope = trio.CancelScope()
         self._closed = trio.Event()
         self._ping_sequence = 0
 
+    # -- what the core holds ------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return self._core.url
+
+    @property
+    def resume(self) -> bool:
+        return self._core.resume
+
+    @property
+    def backoff(self) -> Backoff:
+        return self._core.backoff
+
+    @property
+    def max_attempts(self) -> int | None:
+        return self._core.max_attempts
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._core.state
+
+    @property
+    def transitions(self) -> list[tuple[ConnectionState, ConnectionState]]:
+        """Every transition so far, in order."""
+        return self._core.transitions
+
+    @property
+    def sessions(self) -> dict[str, SessionText]:
+        return self._core.sessions
+
+    @property
+    def lost_sessions(self) -> list[str]:
+        return self._core.lost_sessions
+
+    @property
+    def server_instance(self) -> str | None:
+        return self._core.server_instance
+
+    @property
+    def last_frame(self) -> int | None:
+        return self._core.last_frame
+
+    @property
+    def attempts(self) -> int:
+        """Connection attempts made, the first included."""
+        return self._core.attempts
+
+    @property
+    def reconnects(self) -> int:
+        """Successful connections after the first one."""
+        return self._core.reconnects
+
+    @property
+    def close_code(self) -> int | None:
+        """Close code of the last connection that ended (1006: dropped without a close)."""
+        return self._core.close_code
+
+    @property
+    def undecodable(self) -> int:
+        """Server messages that were not contract events (skipped, logged)."""
+        return self._core.undecodable
+
+    @property
+    def retry(self) -> Retry | None:
+        """The latest decision to reconnect: its delay and the failure that caused it."""
+        return self._core.retry
+
+    @property
+    def channels(self) -> frozenset[str]:
+        """The channels and topics this client receives (restored on every reconnect)."""
+        return self._core.channels
+
+    @property
+    def models(self) -> frozenset[str] | None:
+        """The modelId filter (None: every model, minus any unsubscribed ones)."""
+        return self._core.models
+
     # -- state --------------------------------------------------------------------------------
 
-    def _set_state(self, new: ConnectionState) -> None:
-        old = self.state
-        check_transition(old, new)
-        self.state = new
-        self.transitions.append((old, new))
-        log.debug("client %s: %s -> %s", self.url, old.name, new.name)
-        for waiter in self._waiters:
-            if waiter.state is new:
-                waiter.reached = True
-                waiter.woken.set()
-            elif new is ConnectionState.CLOSED:
-                waiter.woken.set()
+    def _wake_waiters(self) -> None:
+        """Wake the waiters of every transition the core made since the last call."""
+        transitions = self._core.transitions
+        for _, new in transitions[self._seen_transitions :]:
+            for waiter in self._waiters:
+                if waiter.state is new:
+                    waiter.reached = True
+                    waiter.woken.set()
+                elif new is ConnectionState.CLOSED:
+                    waiter.woken.set()
+        self._seen_transitions = len(transitions)
 
     async def wait_state(self, state: ConnectionState) -> None:
         """Return once the client is in ``state`` (now, or at its next entry into it).
@@ -390,18 +374,6 @@ class Client:
         if not waiter.reached:
             raise ClientClosed(f"the client closed while waiting for {state.name}")
 
-    @property
-    def channels(self) -> frozenset[str]:
-        """The channels and topics this client receives (restored on every reconnect)."""
-        return frozenset(self._channels)
-
-    @property
-    def models(self) -> frozenset[str] | None:
-        """The modelId filter (None: every model, minus any unsubscribed ones)."""
-        if self._models_included is None:
-            return None
-        return frozenset(self._models_included - self._models_excluded)
-
     # -- user operations ----------------------------------------------------------------------
 
     def __aiter__(self) -> Client:
@@ -413,15 +385,6 @@ class Client:
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise StopAsyncIteration from None
 
-    @staticmethod
-    def _check_channels(channels: set[str]) -> None:
-        unknown = sorted(channels - SUBSCRIBABLE)
-        if unknown:
-            raise ValueError(
-                f"unknown channel(s) {', '.join(map(repr, unknown))}; "
-                f"known: {', '.join(CHANNELS + EXTENSION_TOPICS)}"
-            )
-
     async def subscribe(self, channels: Iterable[str] = (), models: Iterable[str] = ()) -> None:
         """Add channels/topics and modelIds (``"*"``: every model again).
 
@@ -429,50 +392,15 @@ class Client:
         ``subscriptions`` reply: it arrives in the event stream (waiting here could
         deadlock a caller that is also the one reading events).
         """
-        wanted, model_set = set(channels), set(models)
-        if not wanted and not model_set:
-            raise ValueError("subscribe: name at least one channel or modelId")
-        self._check_channels(wanted)
-        self._channels |= wanted
-        if "*" in model_set:
-            self._models_included, self._models_excluded = None, set()
-        elif model_set:
-            self._models_excluded -= model_set
-            if self._models_included is None:
-                self._models_included = set(model_set)
-            else:
-                self._models_included |= model_set
-        await self._send_if_connected(
-            Subscribe(
-                payload=ChannelsPayload(
-                    channels=tuple(sorted(wanted)), models=tuple(sorted(model_set))
-                )
-            )
-        )
+        await self._send_if_connected(self._core.subscribe(channels, models))
 
     async def unsubscribe(self, channels: Iterable[str] = (), models: Iterable[str] = ()) -> None:
         """Remove channels/topics and modelIds; ``system`` cannot be left."""
-        unwanted, model_set = set(channels), set(models)
-        if not unwanted and not model_set:
-            raise ValueError("unsubscribe: name at least one channel or modelId")
-        self._check_channels(unwanted)
-        if unwanted & ALWAYS_ON:
-            raise ValueError("the 'system' channel carries heartbeats and cannot be left")
-        self._channels -= unwanted
-        self._models_excluded |= model_set
-        if self._models_included is not None:
-            self._models_included -= model_set
-        await self._send_if_connected(
-            Unsubscribe(
-                payload=ChannelsPayload(
-                    channels=tuple(sorted(unwanted)), models=tuple(sorted(model_set))
-                )
-            )
-        )
+        await self._send_if_connected(self._core.unsubscribe(channels, models))
 
-    async def _send_if_connected(self, message: ClientMessage) -> None:
+    async def _send_if_connected(self, message: ClientMessage | None) -> None:
         link = self._link
-        if link is None:
+        if message is None or link is None:
             return  # restored from the remembered state when the next connection opens
         try:
             await link.send(message)
@@ -519,184 +447,140 @@ class Client:
 
     async def aclose(self) -> None:
         """Close normally (1000) and stop for good: state CLOSED, no reconnect."""
-        if not self._close_requested:
-            self._close_requested = True
+        if self._core.request_close():
             link = self._link
             if link is not None:
                 with trio.move_on_after(CLOSE_TIMEOUT):
                     await link.ws.aclose(CLOSE_NORMAL, "client closing")
             self._supervisor_scope.cancel()
+            if not self._started:
+                self._finish()
         await self._closed.wait()
 
     # -- the supervisor -----------------------------------------------------------------------
 
-    async def _supervise(self) -> None:
-        """Connect, serve, and reconnect with backoff until closed (the only state writer)."""
-        failures = 0
+    async def run(self) -> None:
+        """Connect, serve, and reconnect with backoff until closed; :func:`connect` runs it.
+
+        Returns once the client is CLOSED (:meth:`aclose`, a close 1000 from the server, a
+        final refusal, ``max_attempts``) or raises if cancelled. Runs once per client.
+        """
+        if self._started:
+            raise RuntimeError("Client.run() was already started; a client runs once")
+        self._started = True
         try:
             with self._supervisor_scope:
                 while True:
-                    self._set_state(ConnectionState.CONNECTING)
-                    self.attempts += 1
-                    link = await self._connect_once()
-                    if link is not None and link.healthy:
-                        failures = 0
-                    if self._close_requested:
+                    url = self._core.begin_attempt()
+                    self._wake_waiters()
+                    failure = await self._attempt(url)
+                    decision = self._core.ended(failure)
+                    self._wake_waiters()
+                    if isinstance(decision, Stop):
                         break
-                    if link is not None and link.close_code == CLOSE_NORMAL:
-                        log.info("server closed the connection normally (1000): not reconnecting")
-                        break
-                    if link is None and refusal_is_final(self.last_error):
-                        log.info(
-                            "%s refused the connection (%s): not retrying",
-                            self.url,
-                            describe_handshake_error(self.last_error),
-                        )
-                        break
-                    if self.max_attempts is not None and failures + 1 >= self.max_attempts:
-                        log.warning(
-                            "giving up on %s after %d failed attempt(s): %r",
-                            self.url,
-                            failures + 1,
-                            self.last_error,
-                        )
-                        break
-                    self._set_state(ConnectionState.RECONNECTING)
-                    delay = self.backoff.delay(failures)
-                    failures += 1
-                    log.info("reconnecting to %s in %.2f s", self.url, delay)
-                    await trio.sleep(delay)
+                    await trio.sleep(decision.delay)
         finally:
-            self._link = None
-            if self.state is not ConnectionState.CLOSED:
-                self._set_state(ConnectionState.CLOSED)
-            self._events_send.close()
-            self._closed.set()
+            self._finish()
 
-    async def _connect_once(self) -> _Link | None:
-        """One connection from handshake to end; None if the handshake failed."""
-        url = _with_resume(self.url) if self.resume else self.url
-        link: _Link | None = None
-        # Bounds the way out (close handshake or drop) once the connection is over.
-        with trio.CancelScope() as way_out:
-            try:
-                async with open_websocket_url(
-                    url,
+    def _finish(self) -> None:
+        self._link = None
+        self._core.finish()
+        self._wake_waiters()
+        self._events_send.close()
+        self._closed.set()
+
+    async def _attempt(self, url: str) -> Failure:
+        """One connection from handshake to end: what ended it."""
+        opened = _Attempt()
+        try:
+            # This nursery holds trio-websocket's reader task, so its end is ours to bound.
+            async with trio.open_nursery() as nursery:
+                link = await self._open(nursery, url, opened)
+                try:
+                    await self._serve(link)
+                finally:
+                    self._link = None
+                    for pending in link.pings:
+                        pending.done.set()  # rtt stays None: that ping fails, NotConnected
+                    await self._wind_down(nursery, link, opened)
+        except* (HandshakeError, ConnectionClosed, OSError, trio.BrokenResourceError) as group:
+            opened.error = group.exceptions[0]
+        finally:
+            if opened.stream is not None:
+                await trio.aclose_forcefully(opened.stream)
+        if opened.error is not None:
+            self.last_error = opened.error
+            log.info("connection to %s failed: %r", self.url, opened.error)
+        ended = opened.link
+        if ended is None:
+            return _failure_of(opened.error or HandshakeError(), self.connect_timeout)
+        if ended.aborted:
+            return Failure("aborted")
+        if ended.silent:
+            return Failure("silent", seconds=self.watchdog)
+        return Failure("closed", ended.close_code or CLOSE_ABNORMAL, ended.close_reason or "")
+
+    async def _open(self, nursery: trio.Nursery, url: str, opened: _Attempt) -> _Link:
+        """The TCP connection and the handshake, within ``connect_timeout``.
+
+        The stream is opened here rather than by ``open_websocket_url`` so that the client
+        holds it: dropping a connection is then closing our own stream (public API only).
+        """
+        target = _Target.of(url)
+        try:
+            with trio.fail_after(self.connect_timeout):
+                if target.tls:
+                    context = ssl.create_default_context()
+                    opened.stream = await trio.open_ssl_over_tcp_stream(
+                        target.host, target.port, ssl_context=context, https_compatible=True
+                    )
+                else:
+                    opened.stream = await trio.open_tcp_stream(target.host, target.port)
+                ws = await wrap_client_stream(
+                    nursery,
+                    opened.stream,
+                    target.host_header,
+                    target.resource,
                     extra_headers=self._headers or None,
-                    connect_timeout=self.connect_timeout,
-                    disconnect_timeout=CLOSE_TIMEOUT,
                     max_message_size=MAX_MESSAGE_BYTES,
-                ) as ws:
-                    outgoing, to_write = trio.open_memory_channel[str](OUTGOING_BUFFER)
-                    link = _Link(ws, outgoing)
-                    self._link = link
-                    if self._connected_once:
-                        self.reconnects += 1
-                    self._connected_once = True
-                    self._set_state(ConnectionState.CONNECTED)
-                    try:
-                        await self._serve(link, to_write)
-                    finally:
-                        way_out.deadline = trio.current_time() + 2 * CLOSE_TIMEOUT
-                        self._link = None
-                        for pending in link.pings:
-                            pending.done.set()  # rtt stays None: that ping fails, NotConnected
-                        if link.aborted or link.silent:
-                            await self._drop_transport(ws)
-            except* (HandshakeError, ConnectionClosed, OSError, trio.BrokenResourceError) as group:
-                self.last_error = group.exceptions[0]
-                log.info("connection to %s failed: %r", self.url, self.last_error)
-        if way_out.cancelled_caught:
-            log.warning("closing the connection to %s took too long: abandoned", self.url)
-        if link is not None:
-            self.close_code = link.close_code
+                )
+        except trio.TooSlowError:
+            raise ConnectionTimeout from None
+        except OSError as exc:
+            raise HandshakeError from exc
+        outgoing, to_write = trio.open_memory_channel[str](OUTGOING_BUFFER)
+        link = opened.link = self._link = _Link(ws, outgoing)
+        nursery.start_soon(self._writer, link, to_write)
+        for message in self._core.handshake_done():
+            link.send_nowait(message)  # first in the queue: resume comes first
+        self._wake_waiters()
         return link
 
-    @staticmethod
-    async def _drop_transport(ws: WebSocketConnection) -> None:
-        """Close the TCP stream under the WebSocket: no close frame, no waiting for a peer.
+    async def _wind_down(self, nursery: trio.Nursery, link: _Link, opened: _Attempt) -> None:
+        """End the connection's tasks: at once when dropped, else after the server's close.
 
-        trio-websocket has no public handle for this, hence its private ``_stream``. Its
-        reader task may be parked on its full one-message queue, where it would never see
-        the closed stream (and its ``aclose`` does not free it then): taking what it holds
-        lets it run into the closed stream and finish.
+        trio-websocket's reader may be parked on its full one-message queue, where it would
+        never see a closed stream: cancelling the nursery that holds it frees it.
         """
-        await trio.aclose_forcefully(ws._stream)
-        with trio.move_on_after(CLOSE_TIMEOUT):
-            try:
-                while True:
-                    await ws.get_message()
-            except ConnectionClosed:
-                pass
-
-    async def _serve(self, link: _Link, to_write: trio.MemoryReceiveChannel[str]) -> None:
-        with link.scope:
-            async with trio.open_nursery() as nursery:
-                for message in self._opening_messages(link):
-                    link.send_nowait(message)  # first in the queue: resume comes first
-                nursery.start_soon(self._writer, link, to_write)
-                await self._reader(link)
-                nursery.cancel_scope.cancel()
+        link.outgoing.close()
+        if (link.aborted or link.silent) and opened.stream is not None:
+            await trio.aclose_forcefully(opened.stream)
+            nursery.cancel_scope.cancel()
+        else:
+            # A close handshake was done or started: the server closes TCP next (bounded).
+            nursery.cancel_scope.deadline = trio.current_time() + CLOSE_TIMEOUT
         if link.aborted:
-            link.close_code, link.close_reason = CLOSE_ABNORMAL, "aborted by the client"
             log.info("connection to %s aborted by the client", self.url)
         elif link.silent:
-            link.close_code, link.close_reason = CLOSE_ABNORMAL, "server silent"
             log.warning(
                 "no message from %s for %.1f s: treating the server as dead",
                 self.url,
                 self.watchdog,
             )
 
-    def _opening_messages(self, link: _Link) -> list[ClientMessage]:
-        """``resume`` (or the subscription changes) that restore this client's state."""
-        messages: list[ClientMessage] = []
-        if self.resume:
-            held = [s for s in self.sessions.values() if not s.complete]
-            link.reported = {s.session_id: s.count for s in held}
-            included = self._models_included
-            messages.append(
-                Resume(
-                    payload=ResumePayload(
-                        server_instance=self.server_instance,
-                        last_frame=self.last_frame,
-                        sessions=tuple(
-                            HeldSession(session_id=s.session_id, tokens=s.count) for s in held
-                        ),
-                        channels=(
-                            None
-                            if self._channels == DEFAULT_CHANNELS
-                            else tuple(
-                                c for c in CHANNELS + EXTENSION_TOPICS if c in self._channels
-                            )
-                        ),
-                        models=(
-                            None
-                            if included is None
-                            else tuple(sorted(included - self._models_excluded))
-                        ),
-                    )
-                )
-            )
-        else:
-            dropped = DEFAULT_CHANNELS - self._channels
-            added = self._channels - DEFAULT_CHANNELS
-            if dropped:
-                messages.append(
-                    Unsubscribe(payload=ChannelsPayload(channels=tuple(sorted(dropped))))
-                )
-            if added:
-                messages.append(Subscribe(payload=ChannelsPayload(channels=tuple(sorted(added)))))
-            if self._models_included:
-                messages.append(
-                    Subscribe(payload=ChannelsPayload(models=tuple(sorted(self._models_included))))
-                )
-        if self._models_included is None and self._models_excluded:
-            # "every model but these" has no resume field: restore it with an unsubscribe.
-            messages.append(
-                Unsubscribe(payload=ChannelsPayload(models=tuple(sorted(self._models_excluded))))
-            )
-        return messages
+    async def _serve(self, link: _Link) -> None:
+        with link.scope:
+            await self._reader(link)
 
     async def _writer(self, link: _Link, to_write: trio.MemoryReceiveChannel[str]) -> None:
         """The only task that sends on the socket, in queue order."""
@@ -708,7 +592,7 @@ class Client:
                     return  # the reader sees the close too and ends the connection
 
     async def _reader(self, link: _Link) -> None:
-        """Receive, keep the books, hand events to the user; returns when the link ends."""
+        """Receive, let the core keep the books, hand events to the user; returns at the end."""
         ws = link.ws
         while True:
             # The watchdog times only this wait: time blocked on the user is not silence.
@@ -729,124 +613,25 @@ class Client:
             if idle.cancelled_caught:
                 link.silent = True
                 return
-            try:
-                event = decode_event(data)
-            except EventDecodeError as exc:
-                self.undecodable += 1
-                log.warning("skipping a server message that is not a contract event: %s", exc)
+            received = self._core.receive(data)
+            for reply in received.replies:
+                link.send_nowait(reply)
+            event = received.event
+            if event is None:
                 continue
-            delivered = self._account(link, event)
-            if delivered is not None:
-                await self._events_send.send(delivered)
+            if isinstance(event, Pong):
+                self._pong(link, event)
+            await self._events_send.send(event)
 
-    # -- bookkeeping --------------------------------------------------------------------------
-
-    def _account(self, link: _Link, event: Event) -> Event | None:
-        """Update what the client holds from one event; the event to deliver (or None)."""
-        if isinstance(event, FrameEvent):
-            self.last_frame = event.frame_number
-        elif isinstance(event, Heartbeat):
-            link.healthy = True
-            link.send_nowait(
-                HeartbeatResponse(payload=HeartbeatResponsePayload(sequence=event.payload.sequence))
-            )
-        elif isinstance(event, TokenStream):
-            return self._account_tokens(link, event)
-        elif isinstance(event, StateSnapshot):
-            link.healthy = True
-            self._account_snapshot(link, event)
-        elif isinstance(event, Pong):
-            now = trio.current_time()
-            for pending in link.pings:
-                if pending.payload == event.payload:
-                    link.pings.remove(pending)
-                    pending.rtt_ms = (now - pending.sent_at) * 1000.0
-                    pending.done.set()
-                    break
-        return event
-
-    def _account_tokens(self, link: _Link, event: TokenStream) -> TokenStream | None:
-        """Append a token_stream's tokens exactly once, wherever they start in the session.
-
-        A batch continues at the client's count, except the first one after a resumed
-        snapshot: a replay ends at the snapshot's count (so it starts at ``published -
-        len(tokens)``), which may overlap what the client holds (trimmed) and, for a session
-        the client did not hold, covers the whole session. The delivered event carries only
-        the new tokens.
-        """
-        payload = event.payload
-        sid = payload.session_id
-        tokens = payload.tokens
-        expected = link.expected.pop(sid, None)
-        session = self.sessions.get(sid)
-        if session is None:
-            offset = 0
-            if expected is not None:
-                is_replay = (
-                    expected.published > 0
-                    and len(tokens) == expected.published
-                    and event.timestamp == expected.timestamp
-                )
-                offset = 0 if is_replay else expected.published
-            session = self.sessions[sid] = SessionText(sid, payload.model_id, offset=offset)
-        elif session.complete:
-            log.warning("dropping a token_stream for session %s, already complete", sid)
-            return None
-        else:
-            have = session.count
-            start = have
-            if expected is not None and expected.held is not None:
-                if expected.published > expected.held:  # tokens were missed: this is the replay
-                    start = expected.published - len(tokens)
-            if start > have:
-                log.warning("session %s: %d token(s) missing before this batch", sid, start - have)
-            overlap = max(0, have - start)
-            if overlap:
-                log.warning("session %s: trimming %d token(s) already held", sid, overlap)
-                tokens = tokens[overlap:]
-                event = attrs.evolve(event, payload=attrs.evolve(payload, tokens=tokens))
-        session.model_id = session.model_id or payload.model_id
-        session.tokens.extend(tokens)
-        session.complete = payload.is_complete
-        if not tokens and not payload.is_complete:
-            return None
-        return event
-
-    def _account_snapshot(self, link: _Link, event: StateSnapshot) -> None:
-        """Learn the server instance; drop sessions that cannot be resumed; note the rest."""
-        snap = event.payload
-        if snap.server_instance != self.server_instance:
-            self.last_frame = None  # frame numbers of another instance mean nothing here
-        self.server_instance = snap.server_instance
-        known = {s.session_id: s for s in snap.sessions}
-        lost: set[str] = set()
-        for sid, held in list(self.sessions.items()):
-            if held.complete:
-                continue  # nothing of it is missing, whatever the server remembers
-            info = known.get(sid)
-            if info is not None and info.resumable and snap.resumed:
-                continue
-            del self.sessions[sid]
-            lost.add(sid)
-            self.lost_sessions.append(sid)
-            log.warning(
-                "session %s cannot be resumed (%s): dropped the %d token(s) held",
-                sid,
-                (info.reason if info is not None else None) or snap.reason or "unknown",
-                len(held.tokens),
-            )
-        link.expected.clear()
-        for info in snap.sessions:
-            sid = info.session_id
-            if snap.resumed:
-                if sid in lost or (sid in self.sessions and sid not in link.reported):
-                    continue  # lost, or complete here: nothing more will come
-                link.expected[sid] = _Expected(
-                    held=link.reported.get(sid), published=info.tokens, timestamp=event.timestamp
-                )
-            elif sid not in self.sessions and info.status == "streaming":
-                # Nothing is replayed without a resume: live tokens continue at this count.
-                self.sessions[sid] = SessionText(sid, info.model_id, offset=info.tokens)
+    @staticmethod
+    def _pong(link: _Link, event: Pong) -> None:
+        now = trio.current_time()
+        for pending in link.pings:
+            if pending.payload == event.payload:
+                link.pings.remove(pending)
+                pending.rtt_ms = (now - pending.sent_at) * 1000.0
+                pending.done.set()
+                return
 
 
 # --- entry point ----------------------------------------------------------------------------
@@ -855,11 +640,7 @@ class Client:
 def refusal_is_final(error: BaseException | None) -> bool:
     """Whether a failed handshake would fail again the same way: refused with a 4xx status,
     but not 408 (timeout) or 429 (too many requests), which say "later"."""
-    return (
-        isinstance(error, ConnectionRejected)
-        and 400 <= error.status_code < 500
-        and error.status_code not in (408, 429)
-    )
+    return isinstance(error, ConnectionRejected) and status_is_final(error.status_code)
 
 
 def describe_handshake_error(error: ConnectionRejected | BaseException | None) -> str:
@@ -868,13 +649,7 @@ def describe_handshake_error(error: ConnectionRejected | BaseException | None) -
     if not isinstance(error, ConnectionRejected):
         cause = None if error is None else error.__cause__
         return repr(error) if cause is None else f"{error!r} ({cause})"
-    body = (error.body or b"")[:2000]
-    try:
-        said = orjson.loads(body).get("error")
-    except (orjson.JSONDecodeError, AttributeError):
-        said = None
-    if not isinstance(said, str):
-        said = body.decode("utf-8", "replace").strip()[:200]
+    said = _said(error.body)
     return f"HTTP {error.status_code}" + (f": {said}" if said else "")
 
 
@@ -912,7 +687,7 @@ async def connect(
         buffer=buffer,
     )
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(client._supervise)
+        nursery.start_soon(client.run)
         try:
             yield client
         finally:

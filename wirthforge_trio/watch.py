@@ -9,6 +9,7 @@ once one of its events arrived, and a round trip only once a ``pong`` came back.
 from __future__ import annotations
 
 import math
+import signal
 import sys
 from collections import Counter
 from typing import Final, TextIO
@@ -18,6 +19,7 @@ import trio
 
 from .client import (
     Client,
+    ClientClosed,
     ClientError,
     ConnectionState,
     connect,
@@ -28,6 +30,8 @@ from .contract.events import ErrorEvent, Event, FrameEvent, Heartbeat, TokenStre
 
 PING_TIMEOUT: Final = 1.0
 """Seconds a summary's ping may take (a slower pong shows as missing, not as a number)."""
+INTERRUPTED: Final = 130
+"""Exit status after Ctrl+C (128 + SIGINT), as shells report it."""
 
 
 def event_line(event: Event) -> str:
@@ -121,6 +125,27 @@ async def _reporter(client: Client, summary: _Summary, out: TextIO) -> None:
         last = now
 
 
+async def _narrate(client: Client, err: TextIO) -> None:
+    """One line on ``err`` per retry: why the attempt or connection ended, and when the next
+    one starts. The client's backoff spaces the attempts, so the lines cannot flood."""
+    printed = None
+    try:
+        while True:
+            await client.wait_state(ConnectionState.RECONNECTING)
+            retry = client.retry
+            if retry is not None and retry is not printed:
+                printed = retry
+                print(
+                    f"wirthforge watch: {retry.failure.describe()}; "
+                    f"retrying in {retry.delay:.1f} s",
+                    file=err,
+                    flush=True,
+                )
+            await client.wait_state(ConnectionState.CONNECTING)
+    except ClientClosed:
+        return
+
+
 async def watch(
     url: str,
     *,
@@ -128,20 +153,24 @@ async def watch(
     out: TextIO = sys.stdout,
     seconds: float | None = None,
     token: str | None = None,
+    err: TextIO | None = None,
 ) -> int:
     """Watch ``url`` until ``seconds`` pass (None: until the server closes with 1000).
 
     Returns 0 if a connection was made, 1 if the server could never be reached or refused a
     connection (a refusal ends the watch, on a reconnect too). Otherwise it reconnects on its
-    own, so it also shows a server coming back. ``token``: the server's access token, sent
-    as a Bearer header.
+    own, so it also shows a server coming back; what it is doing meanwhile goes to ``err``.
+    ``token``: the server's access token, sent as a Bearer header. ``err``: sys.stderr.
     """
+    err = sys.stderr if err is None else err
     deadline = math.inf if seconds is None else trio.current_time() + seconds
     headers = None if token is None else {"Authorization": f"Bearer {token}"}
+    print(f"wirthforge watch: connecting to {url}", file=err, flush=True)
     async with connect(url, extra_headers=headers) as client:
         state = _Summary()
         with trio.CancelScope(deadline=deadline):
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(_narrate, client, err)
                 if summary:
                     nursery.start_soon(_pinger, client, state)
                     nursery.start_soon(_reporter, client, state, out)
@@ -160,12 +189,35 @@ async def watch(
         elif status == 403 and token is not None:
             hint = "; check the access token given in WIRTHFORGE_TOKEN or --token"
         why = describe_handshake_error(error)
-        print(f"wirthforge watch: {url} refused the connection ({why}){hint}", file=sys.stderr)
+        print(f"wirthforge watch: {url} refused the connection ({why}){hint}", file=err)
         return 1
     if not any(new is ConnectionState.CONNECTED for _, new in client.transitions):
         print(
             f"wirthforge watch: could not connect to {url}: {describe_handshake_error(error)}",
-            file=sys.stderr,
+            file=err,
         )
         return 1
     return 0
+
+
+async def watch_until_interrupted(
+    url: str, *, summary: bool, seconds: float | None = None, token: str | None = None
+) -> int:
+    """:func:`watch` for the command line: Ctrl+C (SIGINT) ends it quietly with status 130.
+
+    The signal cancels the watch like any other end, so the client still closes with 1000
+    and no traceback is printed.
+    """
+    code = INTERRUPTED  # kept if the signal cancels the watch before it returns
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def until_interrupted() -> None:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(until_interrupted)
+            code = await watch(url, summary=summary, seconds=seconds, token=token)
+            nursery.cancel_scope.cancel()
+    return code

@@ -40,10 +40,10 @@ from .engine.recovery import wants_for
 from .engine.runtime import Engine, UnknownSessionError
 from .protocol.connection import CLOSE_GOING_AWAY, ConnectionProtocol
 from .protocol.limits import RateLimit
-from .protocol.origin import origin_allowed
 from .security import (
     RETRY_AFTER_SECONDS,
     AccessPolicy,
+    BrowserPolicy,
     ConnectionLimiter,
     LogThrottle,
     Refusal,
@@ -250,6 +250,7 @@ def create_app(
     )
     app.extensions["wirthforge"] = state
     access, limiter = state.access, state.limiter
+    browser = BrowserPolicy.from_settings(settings)
     rate_limit = RateLimit(
         settings.max_message_rate, settings.max_message_burst, settings.rate_limit_close_after
     )
@@ -340,6 +341,41 @@ def create_app(
             response.headers.update(PAGE_SECURITY_HEADERS)
         return response
 
+    @app.before_request
+    async def check_browser() -> Any:
+        """First, for every request (/health and unknown paths too): the Host must name this
+        server (DNS rebinding), and a state-changing method may not come from a foreign
+        Origin (cross-site POST); a configured origin's preflight is answered here.
+        See docs/decisions.md, "Host allowlist and origins"."""
+        server, origin = request.scope.get("server"), request.headers.get("Origin")
+        refusal = browser.check_host(request.headers.get("Host"), server)
+        if refusal is None and request.method == "OPTIONS":
+            cors = browser.cors_headers(origin, preflight=True)
+            if cors and "Access-Control-Request-Method" in request.headers:
+                return Response(status=204, headers=cors)
+        elif refusal is None and request.method not in ("GET", "HEAD"):
+            refusal = browser.check_origin(origin, server, f"{request.method} {request.path}")
+        if refusal is None:
+            return None
+        log_refusal(refusal, request.remote_addr, f"{request.method} {request.path}")
+        return _refuse(refusal)
+
+    @app.before_websocket
+    async def check_host() -> Any:
+        """The Host allowlist for every handshake, before the route (its Origin is checked
+        there, after the token)."""
+        refusal = browser.check_host(websocket.headers.get("Host"), websocket.scope.get("server"))
+        if refusal is None:
+            return None
+        log_refusal(refusal, websocket.remote_addr, "a WebSocket handshake")
+        return _refuse(refusal)
+
+    @app.after_request
+    async def cors_headers(response: Response) -> Response:
+        """Access-Control-* only for the configured origins (WIRTHFORGE_ALLOWED_ORIGINS)."""
+        response.headers.update(browser.cors_headers(request.headers.get("Origin")))
+        return response
+
     def http_refusal() -> Refusal | None:
         # The page and its files need no token: they reveal nothing private, and the page
         # must load before its script can read the token from the URL's #fragment.
@@ -383,7 +419,7 @@ def create_app(
             log_refusal(refusal, remote, "a WebSocket handshake")
             return _refuse(refusal)
         origin = websocket.headers.get("Origin")
-        if not origin_allowed(origin, websocket.headers.get("Host"), settings.allowed_origins):
+        if not browser.origin_ok(origin, websocket.scope.get("server")):
             log.warning(
                 "refused a WebSocket handshake from origin %r", origin[:200] if origin else origin
             )
@@ -481,6 +517,13 @@ def create_app(
 
     @app.post("/prompt")
     async def prompt() -> Any:
+        if request.mimetype != "application/json":  # a cross-site "simple" POST cannot send it
+            return _error(
+                415,
+                "POST /prompt takes JSON: send 'Content-Type: application/json' (this request "
+                f"sent {request.mimetype[:100] or 'none'!r})",
+                headers={"Accept-Post": "application/json"},
+            )
         body = await request.get_json(force=True, silent=True)
         if body is None:
             return _error(400, 'the body must be JSON: {"prompt": "...", "models": [...]}')

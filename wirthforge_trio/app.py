@@ -352,7 +352,7 @@ def create_app(
         if refusal is None and request.method == "OPTIONS":
             cors = browser.cors_headers(origin, preflight=True)
             if cors and "Access-Control-Request-Method" in request.headers:
-                return Response(status=204, headers=cors)
+                return Response(b"", status=204, headers=cors)
         elif refusal is None and request.method not in ("GET", "HEAD"):
             refusal = browser.check_origin(origin, server, f"{request.method} {request.path}")
         if refusal is None:

@@ -126,10 +126,10 @@ class ServerNames:
     def host_allowed(self, host_header: str | None, local_address: str | None) -> bool:
         """Whether a request with this ``Host`` header may proceed.
 
-        No Host at all comes from no browser (browsers always send one), so it cannot be
-        a rebinding page: allowed.
+        No Host at all (or an empty one: Quart's stand-in for HTTP/1.0 without Host) comes
+        from no browser, since browsers always send one, so it cannot be a rebinding page.
         """
-        if self.any_host or host_header is None:
+        if self.any_host or not host_header:
             return True
         try:
             host, port = split_host(host_header)

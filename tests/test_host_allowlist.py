@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
+from playwright.sync_api import sync_playwright
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -27,6 +30,8 @@ from wsproto.events import (
 from wirthforge_trio.config import Settings, SettingsError
 
 from .conftest import RunningServer, start_server, test_settings
+from .test_browser import CHROMIUM, CHROMIUM_ARGS, ServerProcess, wait_until
+from .test_browser import free_port as browser_free_port
 from .test_commands import BIN, free_port, start, wait_healthy
 from .test_security import BEARER, TOKEN, lan_address
 
@@ -370,3 +375,72 @@ async def test_serve_takes_allowed_host_flags() -> None:
     finally:
         process.terminate()
         process.wait(30)
+
+
+# --- in Chromium ---------------------------------------------------------------------------
+
+
+def test_rebinding_and_cross_site_posts_in_chromium(tmp_path: Path) -> None:
+    """What a real browser lets a page do. Chromium resolves evil.example to 127.0.0.1 (the
+    state after the rebinding): a script running in a document of http://evil.example:PORT
+    uses the server under that name. A page on another origin (127.0.0.2) sends the
+    cross-site "simple" POST."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: `apt-get install -y chromium`")
+    server = ServerProcess(browser_free_port(), tmp_path / "server.log")
+    server.start()
+    (tmp_path / "index.html").write_text("<!doctype html><title>another site</title>")
+    other_port = browser_free_port("127.0.0.2")
+    other_site = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(other_port), "--bind", "127.0.0.2"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    rebound = f"http://{EVIL}:{server.port}/"
+    read_and_listen = f"""async () => {{
+        const read = await fetch('/status').then(r => r.status, e => 'failed');
+        const socket = await new Promise(done => {{
+            const ws = new WebSocket('ws://{EVIL}:{server.port}/ws');
+            ws.onmessage = () => {{ done('message'); ws.close(); }};
+            ws.onclose = e => done('closed ' + e.code);
+        }});
+        return {{read, socket}};
+    }}"""
+    simple_post = f"""() => fetch('http://127.0.0.1:{server.port}/prompt', {{
+        method: 'POST', mode: 'no-cors', body: JSON.stringify({{prompt: 'spend their compute'}})
+    }}).then(() => 'sent', e => 'failed')"""
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM,
+                args=[*CHROMIUM_ARGS, f"--host-resolver-rules=MAP {EVIL} 127.0.0.1"],
+            )
+            try:
+                page = browser.new_page()
+                loaded = page.goto(rebound)
+                assert loaded is not None and loaded.status == 421
+                # The attacker's script, loaded before the rebinding, runs in this origin.
+                assert page.evaluate(read_and_listen) == {"read": 421, "socket": "closed 1006"}
+
+                other = browser.new_page()
+                wait_until(lambda: other_site_up(other_port), 10, "the other site's server")
+                other.goto(f"http://127.0.0.2:{other_port}/")
+                with other.expect_response(lambda r: r.url.endswith("/prompt")) as posted:
+                    assert other.evaluate(simple_post) == "sent"
+                assert posted.value.status == 403
+            finally:
+                browser.close()
+        models = httpx.get(f"{server.url}/models", timeout=5).json()["models"]
+        assert all(m["totalEnergy"] == 0 for m in models), "a generation ran"
+    finally:
+        other_site.terminate()
+        other_site.wait(5)
+        server.stop()
+
+
+def other_site_up(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.2:{port}/", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False

@@ -10,6 +10,8 @@ import trio
 
 from .conftest import RunningServer
 
+JSON_HEADERS = {"Content-Type": "application/json"}
+
 
 def json_error(response: httpx.Response, status: int) -> dict[str, Any]:
     assert response.status_code == status, response.text
@@ -43,7 +45,9 @@ async def test_a_plain_get_of_the_websocket_is_a_json_400(server: RunningServer)
 
 async def test_api_errors_keep_their_own_messages(server: RunningServer) -> None:
     async with server.http() as http:
-        body = json_error(await http.post("/prompt", content=b"not json"), 400)
+        body = json_error(
+            await http.post("/prompt", content=b"not json", headers=JSON_HEADERS), 400
+        )
     assert "JSON" in body["error"]
 
 

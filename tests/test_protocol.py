@@ -19,7 +19,7 @@ from wirthforge_trio.protocol.connection import (
     Join,
     Reply,
 )
-from wirthforge_trio.protocol.origin import origin_allowed
+from wirthforge_trio.protocol.origin import ServerNames, origin_allowed, split_host
 
 CONTRACT_DIR = Path(__file__).resolve().parents[2] / "shared" / "contract"
 PUBLISHED_SCHEMA = CONTRACT_DIR / "WF-TECH-003-event-schemas.json"
@@ -341,7 +341,7 @@ def test_a_huge_bad_message_yields_a_bounded_error_message() -> None:
     ],
 )
 def test_allowed_origins(origin: str | None) -> None:
-    assert origin_allowed(origin, "127.0.0.1:8145") is True
+    assert origin_allowed(origin) is True
 
 
 @pytest.mark.parametrize(
@@ -358,41 +358,86 @@ def test_allowed_origins(origin: str | None) -> None:
         "ws://localhost:8145",
         "http://localhost.evil.example",
         "http://127.0.0.1.evil.example",
+        "http://127.0.0.2:8145",
         "http://[::1",
         "http://localhost:99999",
     ],
 )
 def test_refused_origins(origin: str) -> None:
-    assert origin_allowed(origin, "127.0.0.1:8145") is False
+    assert origin_allowed(origin) is False
+    assert origin_allowed(origin, own=ServerNames.build("127.0.0.1")) is False
 
 
 @pytest.mark.parametrize(
-    ("origin", "host"),
+    ("origin", "bound", "configured", "arrived_on"),
     [
-        ("http://wirthforge.lan:8145", "wirthforge.lan:8145"),
-        ("https://box.example", "box.example"),
-        ("http://Box.Example:8145", "box.example:8145"),
-        ("http://10.0.0.5:8145", "10.0.0.5:8145"),
+        ("http://wirthforge.lan:8145", "0.0.0.0", ["wirthforge.lan"], None),
+        ("https://box.example", "box.example", [], None),
+        ("http://Box.Example:8145", "127.0.0.1", ["box.example:8145"], None),
+        ("http://10.0.0.5:8145", "0.0.0.0", [], "10.0.0.5"),
+        ("http://10.0.0.5:8145", "0.0.0.0", [], "::ffff:10.0.0.5"),
+        ("http://[fd00::5]:8145", "::", [], "fd00::5"),
     ],
 )
-def test_the_servers_own_origin_is_allowed(origin: str, host: str) -> None:
-    assert origin_allowed(origin, host) is True
-    assert origin_allowed(origin, None) is False
-    assert origin_allowed(origin, "other.example:8145") is False
+def test_the_servers_own_names_are_its_own_origins(
+    origin: str, bound: str, configured: list[str], arrived_on: str | None
+) -> None:
+    """Own means named by the configuration or the socket; an Origin equal to the request's
+    Host is no longer enough (DNS rebinding makes them equal: issue 21)."""
+    own = ServerNames.build(bound, configured)
+    assert origin_allowed(origin, own=own, local_address=arrived_on) is True
+    assert origin_allowed(origin) is False
+    assert origin_allowed(origin, own=ServerNames.build("127.0.0.1")) is False
 
 
 def test_configured_origins_are_allowed() -> None:
     extra = ["https://app.wirthforge.example", "http://studio.example:8080/"]
-    assert origin_allowed("https://app.wirthforge.example", "127.0.0.1:8145", extra)
-    assert origin_allowed("http://studio.example:8080", "127.0.0.1:8145", extra)
-    assert not origin_allowed("https://evil.example", "127.0.0.1:8145", extra)
-    assert not origin_allowed("http://app.wirthforge.example", "127.0.0.1:8145", extra)
+    assert origin_allowed("https://app.wirthforge.example", extra)
+    assert origin_allowed("http://studio.example:8080", extra)
+    assert not origin_allowed("https://evil.example", extra)
+    assert not origin_allowed("http://app.wirthforge.example", extra)
 
 
 @pytest.mark.parametrize("origin", ["http://evil.example", "null", "https://anything.example:1"])
 def test_star_allows_any_origin(origin: str) -> None:
-    assert origin_allowed(origin, "127.0.0.1:8145", ["*"]) is True
-    assert origin_allowed(origin, "127.0.0.1:8145") is False
+    assert origin_allowed(origin, ["*"]) is True
+    assert origin_allowed(origin) is False
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("localhost", ("localhost", None)),
+        ("LOCALHOST:8145", ("localhost", 8145)),
+        ("[::1]:8145", ("::1", 8145)),
+        ("[::1]", ("::1", None)),
+        ("box.lan:80", ("box.lan", 80)),
+    ],
+)
+def test_host_headers_are_split(value: str, expected: tuple[str, int | None]) -> None:
+    assert split_host(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["", "::1", "[::1", "[::1]x", "[evil]:80", "a b", "box:", "box:99999", "box:+80"]
+)
+def test_malformed_host_headers_are_errors(value: str) -> None:
+    with pytest.raises(ValueError):
+        split_host(value)
+
+
+def test_server_names_match_hosts_by_configuration_and_socket_only() -> None:
+    names = ServerNames.build("0.0.0.0", ["box.lan", "studio.lan:9000"])
+    assert names.host_allowed("localhost:1234", None)
+    assert names.host_allowed("box.lan:8145", None)
+    assert names.host_allowed("studio.lan:9000", None)
+    assert not names.host_allowed("studio.lan:8145", None)
+    assert not names.host_allowed("0.0.0.0:8145", None)  # a wildcard is no name
+    assert names.host_allowed("192.168.1.5:8145", "192.168.1.5")
+    assert not names.host_allowed("192.168.1.6:8145", "192.168.1.5")
+    assert not names.host_allowed("evil.example:8145", "192.168.1.5")
+    assert names.host_allowed(None, None) and names.host_allowed("", None)  # no browser
+    assert ServerNames.build("127.0.0.1", ["*"]).host_allowed("evil.example", None)
 
 
 # -- model filters and resume -------------------------------------------------------------

@@ -321,8 +321,10 @@ async def test_watch_sends_the_token_and_says_what_to_do_when_refused(
         assert trio.current_time() - started < 15  # no retrying (watch runs until stopped)
         assert refused.returncode == 1
         lines = refused.stderr.decode().strip().splitlines()
-        assert len(lines) == 1, refused.stderr
-        assert status in refused.stderr and words in refused.stderr and b"--token" in refused.stderr
+        # "connecting to URL", then the one line that says why it stops
+        assert len(lines) == 2 and lines[0].startswith("wirthforge watch: connecting"), lines
+        refusal = lines[1].encode()
+        assert status in refusal and words in refusal and b"--token" in refusal
         assert TOKEN.encode() not in refused.stderr + refused.stdout
         assert b"Traceback" not in refused.stderr
 

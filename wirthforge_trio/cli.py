@@ -36,6 +36,15 @@ def _parser() -> argparse.ArgumentParser:
         "WIRTHFORGE_TOKEN, since other local users can read a command line",
     )
     serve.add_argument(
+        "--allowed-host",
+        action="append",
+        dest="allowed_hosts",
+        metavar="NAME",
+        help="another name this server answers to in the Host header, repeatable (NAME or "
+        "NAME:PORT; default: loopback names and the bind address); replaces "
+        "WIRTHFORGE_ALLOWED_HOSTS",
+    )
+    serve.add_argument(
         "--port", type=int, help=f"port (default {DEFAULT_PORT}, or 8146 when it is taken)"
     )
     serve.add_argument(
@@ -175,6 +184,7 @@ def _serve(args: argparse.Namespace) -> int:
         openai_url=args.openai_url,
         preload=args.preload,
         token=args.token,
+        allowed_hosts=tuple(args.allowed_hosts) if args.allowed_hosts else None,
     )
     check_exposure(settings)
     explicit_port = args.port is not None or settings.port != DEFAULT_PORT

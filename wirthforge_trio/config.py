@@ -16,6 +16,7 @@ import attrs
 
 from .contract.events import Tier
 from .engine.energy import PROFILES
+from .protocol.origin import split_host
 from .sources import ModelSpecError, parse_model_spec
 
 DEFAULT_HOST: Final = "127.0.0.1"
@@ -60,6 +61,9 @@ class Settings:
     """None: detect from the machine."""
     allowed_origins: tuple[str, ...] = ()
     """Extra browser origins allowed to open the WebSocket; ``*`` allows any."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Extra names the server answers to in ``Host`` (``name`` or ``name:port``; ``*``: any),
+    beside loopback, the bind address and the address a request arrived on."""
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 10.0
     max_message_bytes: int = 64 * 1024
@@ -140,6 +144,16 @@ class Settings:
             raise SettingsError("max message size must be at least 256 bytes")
         if self.token is not None:
             check_token(self.token)
+        for entry in self.allowed_hosts:
+            if entry.strip() != "*":
+                try:
+                    split_host(entry)
+                except ValueError as exc:
+                    raise SettingsError(
+                        f"allowed host {entry!r} is not a host name: {exc}; give names or "
+                        "addresses, with an optional :port, such as wirthforge.lan or "
+                        "[fd00::5]:8145 (WIRTHFORGE_ALLOWED_HOSTS, --allowed-host)"
+                    ) from None
         if self.max_message_rate <= 0 or self.rate_limit_close_after <= 0:
             raise SettingsError(
                 "max message rate and rate limit close-after must be positive numbers "

@@ -7,6 +7,10 @@
 - **The access token** travels as ``Authorization: Bearer <token>`` or, from browsers (which
   cannot set headers on a WebSocket), as the subprotocol ``wirthforge.token.<token>``; never
   in the URL. It is compared in constant time and never logged.
+- **Own names and origins** (:class:`BrowserPolicy`): a request whose ``Host`` is not one
+  of the server's names is refused with 421 before any route (DNS rebinding); a
+  state-changing request or a handshake from a foreign ``Origin`` with 403; CORS headers
+  only for configured origins.
 - **Connection limits** at the WebSocket handshake: in total, and per remote address
   (loopback exempt: every local client shares 127.0.0.1).
 
@@ -23,6 +27,7 @@ from typing import Final
 import attrs
 
 from .config import Settings, SettingsError
+from .protocol.origin import ANY, ServerNames, origin_allowed
 
 SUBPROTOCOL: Final = "wirthforge.v1"
 """The WebSocket subprotocol the server selects when a client offers it."""
@@ -168,6 +173,88 @@ class AccessPolicy:
                 {"WWW-Authenticate": 'Bearer realm="wirthforge", error="invalid_token"'},
             )
         return None
+
+
+HOST_HINT: Final = (
+    "if it is a name of this machine, allow it with WIRTHFORGE_ALLOWED_HOSTS (or wirthforge "
+    "serve --allowed-host)"
+)
+CORS_METHODS: Final = "GET, POST, DELETE"
+CORS_HEADERS: Final = "Authorization, Content-Type"
+CORS_MAX_AGE: Final = "600"
+
+
+def _local_address(server: object) -> str | None:
+    """The local IP address of the ASGI scope's ``server``, if it has one."""
+    if isinstance(server, (tuple, list)) and server and isinstance(server[0], str):
+        return server[0]
+    return None
+
+
+@attrs.frozen
+class BrowserPolicy:
+    """What keeps other sites' pages out: the Host allowlist, the Origin rule and CORS.
+
+    Built once per server from its settings; each check is a few set look-ups.
+    """
+
+    names: ServerNames
+    origins: tuple[str, ...] = ()
+    _cors_origins: frozenset[str] = attrs.field(default=frozenset(), alias="cors_origins")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BrowserPolicy:
+        try:
+            names = ServerNames.build(settings.host, settings.allowed_hosts)
+        except ValueError as exc:  # Settings checks the entries; this is for safety
+            raise SettingsError(f"WIRTHFORGE_ALLOWED_HOSTS: {exc}") from None
+        cors = frozenset(o.strip().rstrip("/").lower() for o in settings.allowed_origins)
+        return cls(names, settings.allowed_origins, cors)
+
+    def check_host(self, host_header: str | None, server: object) -> Refusal | None:
+        """None when ``Host`` names this server, else the 421 that refuses the request."""
+        if self.names.host_allowed(host_header, _local_address(server)):
+            return None
+        shown = (host_header or "")[:100]
+        return Refusal(
+            421,
+            f"this server does not answer to the name {shown!r} in the Host header (a page "
+            f"on another site may be reaching it through DNS rebinding); {HOST_HINT}",
+            "Host not allowed",
+        )
+
+    def origin_ok(self, origin: str | None, server: object) -> bool:
+        return origin_allowed(
+            origin, self.origins, own=self.names, local_address=_local_address(server)
+        )
+
+    def check_origin(self, origin: str | None, server: object, what: str) -> Refusal | None:
+        """None when ``origin`` may do ``what``, else the 403 that refuses it."""
+        if self.origin_ok(origin, server):
+            return None
+        shown = (origin or "")[:200]
+        return Refusal(
+            403,
+            f"origin {shown!r} may not {what}: pages on other sites cannot use this server; "
+            "allow it with WIRTHFORGE_ALLOWED_ORIGINS",
+            "foreign Origin",
+        )
+
+    def cors_headers(self, origin: str | None, *, preflight: bool = False) -> dict[str, str]:
+        """CORS headers for a configured origin (none for any other, loopback included)."""
+        if origin is None or not self._cors_origins:
+            return {}
+        wanted = origin.strip().rstrip("/").lower()
+        if ANY not in self._cors_origins and wanted not in self._cors_origins:
+            return {}
+        headers = {"Access-Control-Allow-Origin": origin.strip(), "Vary": "Origin"}
+        if preflight:
+            headers |= {
+                "Access-Control-Allow-Methods": CORS_METHODS,
+                "Access-Control-Allow-Headers": CORS_HEADERS,
+                "Access-Control-Max-Age": CORS_MAX_AGE,
+            }
+        return headers
 
 
 class Slot:

@@ -89,6 +89,13 @@ def _prompt_models(state: ServerState, body: dict[str, Any]) -> list[str] | Erro
 @api.post("/prompt")
 async def prompt() -> Any:
     state = server_state()
+    if request.mimetype != "application/json":  # a cross-site "simple" POST cannot send it
+        return json_error(
+            415,
+            "POST /prompt takes JSON: send 'Content-Type: application/json' (this request "
+            f"sent {request.mimetype[:100] or 'none'!r})",
+            headers={"Accept-Post": "application/json"},
+        )
     body = await request.get_json(force=True, silent=True)
     text = _prompt_text(state, body)
     if not isinstance(text, str):

@@ -24,7 +24,7 @@ from ..engine.decipher import Retention
 from ..engine.energy import PROFILES
 from ..engine.runtime import Engine
 from ..protocol.limits import RateLimit
-from ..security import AccessPolicy, ConnectionLimiter
+from ..security import AccessPolicy, BrowserPolicy, ConnectionLimiter
 from ..sources import make_source
 from ..sources.base import ModelSource
 from ..transport.asgi import LeanASGIWebsocketConnection, LeanWebsocket
@@ -158,6 +158,7 @@ def _server_state(settings: Settings, extra_sources: Sequence[ModelSource]) -> S
         hub=hub,
         engine=engine,
         access=AccessPolicy(settings.token),
+        browser=BrowserPolicy.from_settings(settings),
         limiter=ConnectionLimiter(settings.max_connections, settings.max_connections_per_address),
         rate_limit=RateLimit(
             settings.max_message_rate, settings.max_message_burst, settings.rate_limit_close_after

@@ -17,7 +17,7 @@ from ..contract.events import Capability, Event, ResumePayload, Tier
 from ..engine.recovery import wants_for
 from ..engine.runtime import Engine
 from ..protocol.limits import RateLimit
-from ..security import AccessPolicy, ConnectionLimiter, LogThrottle, Refusal
+from ..security import AccessPolicy, BrowserPolicy, ConnectionLimiter, LogThrottle, Refusal
 from ..transport.connection import Connection
 from ..transport.hub import Hub
 
@@ -33,6 +33,8 @@ class ServerState:
     hub: Hub
     engine: Engine
     access: AccessPolicy
+    browser: BrowserPolicy
+    """The Host allowlist and the origins (DNS rebinding, cross-site requests)."""
     limiter: ConnectionLimiter
     rate_limit: RateLimit
     body_cap: int

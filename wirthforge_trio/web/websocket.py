@@ -12,7 +12,6 @@ from quart import Blueprint, websocket
 from ..contract.codec import encode
 from ..contract.events import StartupComplete, StartupCompletePayload, wall_ms
 from ..protocol.connection import ConnectionProtocol
-from ..protocol.origin import origin_allowed
 from ..security import Slot, select_subprotocol
 from ..transport.connection import Connection
 from ..transport.direct import DirectSocket
@@ -47,7 +46,7 @@ def _handshake_refusal(state: ServerState) -> ErrorReply | Slot:
         state.log_refusal(refusal, remote, "a WebSocket handshake")
         return refuse(refusal)
     origin = websocket.headers.get("Origin")
-    if not origin_allowed(origin, websocket.headers.get("Host"), state.settings.allowed_origins):
+    if not state.browser.origin_ok(origin, websocket.scope.get("server")):
         log.warning(
             "refused a WebSocket handshake from origin %r", origin[:200] if origin else origin
         )

@@ -16,18 +16,13 @@ import pytest
 from wirthforge_trio.contract import codec
 from wirthforge_trio.contract.events import InterferenceEvent, ResonanceEvent
 from wirthforge_trio.engine.council import (
-    GAP_WINDOW,
     SAMPLE_WINDOW,
-    TOP_K,
     CouncilAnalyzer,
     CouncilEvent,
     classify_resonance,
-    disagreement,
     ensemble_energy,
-    js_divergence,
     pearson,
     text_coherence,
-    timing_disagreement,
 )
 from wirthforge_trio.engine.decipher import Decipher
 from wirthforge_trio.engine.energy import PROFILES, FlowState
@@ -43,8 +38,6 @@ RISING = [0.1, 0.2, 0.3, 0.4, 0.5]
 FALLING = [0.5, 0.4, 0.3, 0.2, 0.1]
 # r(RISING, ZIGZAG) = 0 exactly: centred RISING is (-2,-1,0,1,2), centred ZIGZAG (0,-1,1,-1,0)*0.1.
 ZIGZAG = [0.2, 0.1, 0.3, 0.1, 0.2]
-# JS((1, 0), (1/2, 1/2)) = H(3/4, 1/4) - 1/2 = 3/2 - (3/4) log2 3.
-JS_KNOWN = 1.5 - 0.75 * math.log2(3)
 
 
 @dataclass
@@ -54,12 +47,6 @@ class FakeEnergy:
     intensity: float = 0.5
     tps: float = 0.0
     state: FlowState = FlowState.FLOWING
-
-
-@dataclass
-class TopK:
-    top_k: tuple[float, ...] | None
-    top_k_tokens: tuple[str, ...] | None = None
 
 
 def tick(
@@ -127,96 +114,6 @@ def check(events: Sequence[E]) -> list[E]:
 
 
 # -- Jensen-Shannon and DI ----------------------------------------------------------------
-
-
-def test_js_identical_is_zero() -> None:
-    assert js_divergence([0.7, 0.2, 0.1], [0.7, 0.2, 0.1]) == 0.0
-
-
-def test_js_disjoint_is_one() -> None:
-    assert js_divergence([1.0, 0.0], [0.0, 1.0]) == pytest.approx(1.0)
-    assert js_divergence([0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]) == pytest.approx(1.0)
-
-
-def test_js_known_pair() -> None:
-    assert js_divergence([1.0, 0.0], [0.5, 0.5]) == pytest.approx(JS_KNOWN)
-    assert JS_KNOWN == pytest.approx(0.311278, abs=1e-6)
-    assert js_divergence([0.5, 0.5], [1.0, 0.0]) == pytest.approx(JS_KNOWN)  # symmetric
-
-
-def test_js_normalises_pads_and_ignores_bad_entries() -> None:
-    assert js_divergence([2.0, 2.0], [1.0, 1.0]) == 0.0
-    assert js_divergence([1.0], [0.5, 0.5]) == pytest.approx(JS_KNOWN)
-    assert js_divergence([1.0, -3.0, math.nan], [1.0]) == 0.0
-
-
-def test_js_without_mass_raises() -> None:
-    with pytest.raises(ValueError):
-        js_divergence([0.0, 0.0], [1.0])
-    with pytest.raises(ValueError):
-        js_divergence([], [1.0])
-
-
-def test_disagreement_by_rank_without_texts() -> None:
-    assert disagreement(TopK((0.6, 0.4)), TopK((0.6, 0.4))) == 0.0
-    assert disagreement(TopK((1.0,)), TopK((0.5, 0.5))) == pytest.approx(JS_KNOWN)
-    # One side names its candidates, the other does not: rank alignment.
-    assert disagreement(TopK((0.8, 0.2), ("cat", "dog")), TopK((0.8, 0.2))) == 0.0
-
-
-def test_disagreement_aligns_on_candidate_text() -> None:
-    a = Token(text="cat", at=0.0, top_k=(0.8, 0.2), top_k_tokens=("cat", "dog"))
-    swapped = Token(text="dog", at=0.0, top_k=(0.8, 0.2), top_k_tokens=("dog", "cat"))
-    # Same probabilities by rank, opposite candidates by text.
-    assert disagreement(a, swapped) == pytest.approx(js_divergence([0.8, 0.2], [0.2, 0.8]))
-    assert disagreement(a, swapped) > 0.2
-    same = Token(text="cat", at=0.0, top_k=(0.2, 0.8), top_k_tokens=("dog", "cat"))
-    assert disagreement(a, same) == pytest.approx(0.0, abs=1e-12)
-    disjoint = TopK((1.0,), ("bird",))
-    assert disagreement(TopK((1.0,), ("cat",)), disjoint) == pytest.approx(1.0)
-    # A candidate only one model lists has probability 0 at the other.
-    assert disagreement(TopK((0.5, 0.5), ("a", "b")), TopK((1.0,), ("a",))) == pytest.approx(
-        JS_KNOWN
-    )
-    # A text listed twice counts once, with the sum of its probabilities.
-    assert disagreement(TopK((0.5, 0.5), ("a", "a")), TopK((1.0,), ("a",))) == 0.0
-
-
-def test_disagreement_uses_only_top_k() -> None:
-    a = TopK((0.5,) + (0.05,) * (TOP_K - 1) + (5.0,))
-    b = TopK((0.5,) + (0.05,) * (TOP_K - 1))
-    assert disagreement(a, b) == 0.0
-
-
-def test_disagreement_without_top_k_raises() -> None:
-    with pytest.raises(ValueError):
-        disagreement(TopK(None), TopK((1.0,)))
-    with pytest.raises(ValueError):
-        disagreement(TopK((1.0,)), TopK((0.0, 0.0)))
-
-
-# -- timing proxy, Pearson, ensemble --------------------------------------------------------
-
-
-def test_timing_disagreement_hand_computed() -> None:
-    # cv([1, 1, 1]) = 0, cv([1, 3]) = 1 / 2: |0 - 1/2| / (0 + 1/2) = 1.
-    assert timing_disagreement([1, 1, 1], [1, 3]) == pytest.approx(1.0)
-    # cv([1, 3]) = 1/2, cv([2, 4]) = 1/3: (1/6) / (5/6) = 1/5.
-    assert timing_disagreement([1, 3], [2, 4]) == pytest.approx(0.2)
-    assert timing_disagreement([0.1, 0.3], [0.2, 0.6]) == pytest.approx(0.0)  # same cv
-    assert timing_disagreement([0.2, 0.2], [0.5]) == 0.0  # both perfectly regular
-    assert timing_disagreement([0.0, 0.0], [0.0]) == 0.0  # mean 0: cv 0
-
-
-def test_timing_disagreement_uses_last_ten_gaps() -> None:
-    gaps = [9.0] + [1.0] * GAP_WINDOW  # the outlier falls out of the window
-    assert timing_disagreement(gaps, [2.0, 2.0]) == 0.0
-    assert timing_disagreement([9.0, *gaps[1:-1]], [2.0, 2.0]) > 0.0
-
-
-def test_timing_disagreement_needs_gaps() -> None:
-    with pytest.raises(ValueError):
-        timing_disagreement([], [1.0])
 
 
 def test_pearson() -> None:

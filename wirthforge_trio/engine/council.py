@@ -4,25 +4,6 @@ Pure: no I/O, no clock of its own. Token times (``Token.at``) and ``now`` are fl
 from the caller's clock; ``wall_ms`` (integer Unix epoch milliseconds) only stamps events.
 The rules, in plain words:
 
-Disagreement (DI, 0 = the models agree, 1 = they disagree completely): offered as functions
-(``disagreement``, ``timing_disagreement``) for a snapshot of how alike two models' latest
-tokens are; coherenceScore does not use it (a snapshot of the latest tokens says little
-about whether two models write the same text: see Coherence below).
-    * With top-K on both sides, DI is the Jensen-Shannon divergence of the two latest top-K
-      distributions, with base-2 logarithms so it lies in [0, 1]. Only the first K = 10
-      candidates of each count. Each distribution is normalised first (negative or
-      non-finite entries count as 0, and ``0 log 0 = 0``). When both tokens name their
-      candidates, the distributions are aligned on the union of candidate strings (a
-      candidate one model does not list has probability 0 there; a string listed twice has
-      its probabilities added); otherwise they are aligned by rank, the shorter list padded
-      with zeros. The two tokens are each model's latest, not the same position in the text:
-      DI is a snapshot of how sure and how alike the models are right now.
-    * Without top-K on both sides, a timing proxy stands in: from each model's last (up to)
-      10 inter-token gaps, the coefficient of variation ``cv = std / mean`` (population
-      standard deviation; 0 when the mean is 0), and ``DI = |cv_a - cv_b| / (cv_a + cv_b)``
-      (0 when both are 0). The proxy needs at least 2 gaps per model.
-    * When neither is known, DI = 0.5: no evidence either way.
-
 Interference (``interference_event``)
     * Every ``sample_every`` frames (6, i.e. 10 Hz at 60 Hz; counted from the last sampled
       frame, so skipped frames do not stall sampling) each active model's intensity ``E`` is
@@ -103,35 +84,24 @@ __all__ = [
     "CHANGE_THRESHOLD",
     "CORRELATION_THRESHOLD",
     "FUNDAMENTAL_MAX_RATIO",
-    "GAP_WINDOW",
     "HARMONICS",
     "HARMONIC_TOLERANCE",
     "LOCK_HOLD_SAMPLES",
-    "MIN_GAPS",
     "OVERTONES",
     "OVERTONE_TOLERANCE",
     "SAMPLE_WINDOW",
     "TEXT_WINDOW",
-    "TOP_K",
     "UNKNOWN_COHERENCE",
-    "UNKNOWN_DI",
     "CouncilAnalyzer",
     "CouncilEvent",
     "EnergyView",
     "PatternType",
     "ResonanceType",
-    "TopKLike",
     "classify_resonance",
-    "disagreement",
     "ensemble_energy",
-    "js_divergence",
     "pearson",
     "text_coherence",
-    "timing_disagreement",
 ]
-
-TOP_K: Final = 10
-"""Candidates per token that count towards DI (the contract's K)."""
 
 SAMPLE_WINDOW: Final = 5
 """Intensity samples per model that the Pearson correlation looks at."""
@@ -141,15 +111,6 @@ TEXT_WINDOW: Final = 256
 
 UNKNOWN_COHERENCE: Final = 0.5
 """coherenceScore before both models of a pair have written a character."""
-
-GAP_WINDOW: Final = 10
-"""Inter-token gaps per model kept for the timing proxy."""
-
-MIN_GAPS: Final = 2
-"""Gaps a model needs before its timing variation means anything."""
-
-UNKNOWN_DI: Final = 0.5
-"""DI when neither top-K nor timing is known for a pair: no evidence either way."""
 
 CORRELATION_THRESHOLD: Final = 0.7
 """``|r|`` above this is constructive (r > 0) or destructive (r < 0)."""
@@ -185,16 +146,6 @@ CouncilEvent = InterferenceEvent | ResonanceEvent
 _LOCKING_STATES: Final = frozenset({FlowState.FLOWING, FlowState.SATURATED})
 
 
-class TopKLike(Protocol):
-    """Anything carrying a token's top-K, such as :class:`~..sources.base.Token`."""
-
-    @property
-    def top_k(self) -> tuple[float, ...] | None: ...
-
-    @property
-    def top_k_tokens(self) -> tuple[str, ...] | None: ...
-
-
 class EnergyView(Protocol):
     """What the analyzer reads of a model's energy (:class:`.energy.ModelEnergy` fits)."""
 
@@ -213,94 +164,6 @@ def _clamp01(x: float) -> float:
     if math.isnan(x):
         return 0.0
     return min(1.0, max(0.0, x))
-
-
-def _clean(probs: Iterable[float]) -> list[float]:
-    """Negative and non-finite probabilities carry no mass."""
-    return [p if math.isfinite(p) and p > 0 else 0.0 for p in probs]
-
-
-def _has_mass(probs: Sequence[float] | None) -> bool:
-    return bool(probs) and math.fsum(_clean(probs or ())) > 0
-
-
-def js_divergence(p: Sequence[float], q: Sequence[float]) -> float:
-    """Jensen-Shannon divergence in bits, in ``[0, 1]``: symmetric and finite, unlike KL.
-
-    Both inputs are normalised (negative or non-finite entries count as 0) and the shorter
-    is padded with zeros. Raises ValueError when either carries no probability mass, since
-    there is then nothing to compare.
-    """
-    n = max(len(p), len(q))
-    pc = _clean(p) + [0.0] * (n - len(p))
-    qc = _clean(q) + [0.0] * (n - len(q))
-    sp, sq = math.fsum(pc), math.fsum(qc)
-    if sp <= 0 or sq <= 0:
-        raise ValueError("js_divergence needs two distributions with positive mass")
-    pn = [x / sp for x in pc]
-    qn = [x / sq for x in qc]
-    terms: list[float] = []
-    for a, b in zip(pn, qn, strict=True):
-        m = 0.5 * (a + b)
-        if a > 0:
-            terms.append(0.5 * a * math.log2(a / m))
-        if b > 0:
-            terms.append(0.5 * b * math.log2(b / m))
-    return _clamp01(math.fsum(terms))
-
-
-def disagreement(a: TopKLike, b: TopKLike) -> float:
-    """DI of two tokens' top-K: JS divergence, aligned by candidate text when both name them.
-
-    Aligning by text compares what the models would actually write; rank alignment is the
-    fallback when a runtime gives only probabilities. Raises ValueError when either token
-    has no usable top-K (the caller falls back to the timing proxy).
-    """
-    if not _has_mass(a.top_k) or not _has_mass(b.top_k):
-        raise ValueError("disagreement needs a top-K with positive mass on both tokens")
-    pa = (a.top_k or ())[:TOP_K]
-    pb = (b.top_k or ())[:TOP_K]
-    if a.top_k_tokens and b.top_k_tokens:
-        da = _by_text(a.top_k_tokens, pa)
-        db = _by_text(b.top_k_tokens, pb)
-        keys = list(dict.fromkeys(itertools.chain(da, db)))
-        return js_divergence([da.get(k, 0.0) for k in keys], [db.get(k, 0.0) for k in keys])
-    return js_divergence(pa, pb)
-
-
-def _by_text(texts: Sequence[str], probs: Sequence[float]) -> dict[str, float]:
-    """Candidate text -> probability; a text listed twice gets the sum of its entries."""
-    out: dict[str, float] = {}
-    for text, p in zip(texts, _clean(probs), strict=False):
-        out[text] = out.get(text, 0.0) + p
-    return out
-
-
-def _cv(gaps: Sequence[float]) -> float:
-    """Coefficient of variation (population std / mean); 0 when the mean is 0."""
-    n = len(gaps)
-    mean = math.fsum(gaps) / n
-    if mean <= 0:
-        return 0.0
-    var = math.fsum((g - mean) ** 2 for g in gaps) / n
-    return math.sqrt(var) / mean
-
-
-def timing_disagreement(gaps_a: Sequence[float], gaps_b: Sequence[float]) -> float:
-    """DI proxy without top-K: how differently regular the two models' rhythms are.
-
-    Uses the last (up to) 10 gaps of each; negative gaps count as 0. Returns
-    ``|cv_a - cv_b| / (cv_a + cv_b)``, 0 when both are 0, clipped to ``[0, 1]``.
-    Raises ValueError when either side has no gap.
-    """
-    if not gaps_a or not gaps_b:
-        raise ValueError("timing_disagreement needs at least one gap per model")
-    cv_a = _cv([max(0.0, g) for g in list(gaps_a)[-GAP_WINDOW:]])
-    cv_b = _cv([max(0.0, g) for g in list(gaps_b)[-GAP_WINDOW:]])
-    total = cv_a + cv_b
-    if total <= 0:
-        return 0.0
-    return _clamp01(abs(cv_a - cv_b) / total)
 
 
 def text_coherence(a: str, b: str, window: int = TEXT_WINDOW) -> float | None:

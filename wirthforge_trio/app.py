@@ -58,7 +58,7 @@ from .transport.direct import DirectSocket
 from .transport.heartbeats import HeartbeatSweep
 from .transport.hub import Hub
 from .transport.parse_faults import answer_parse_faults
-from .worker import wait_without_polling
+from .worker import hypercorn_workers, refuse_to_start, wait_without_polling
 
 log = logging.getLogger("wirthforge_trio")
 
@@ -598,9 +598,41 @@ def create_app(
     return app
 
 
+BROKER_AVAILABLE: Final = False
+"""Whether this version can join processes through the broker (the Redis broker comes later);
+until then a broker URL is checked and kept in Settings, and nothing is split."""
+
+
+def several_workers_refusal(workers: int | None, settings: Settings) -> str | None:
+    """The one line that stops a worker that would split the stream, or None to serve.
+
+    Several workers behind one listening socket each have their own engine: without a broker
+    a prompt would reach only the clients of the worker that took it (docs/decisions.md,
+    "One worker unless a broker").
+    """
+    if workers is None or workers <= 1:
+        return None
+    if settings.broker is not None and BROKER_AVAILABLE:
+        return None
+    fix = "run one worker (hypercorn -w 1, or `wirthforge serve`)"
+    if settings.broker is None:
+        why = "without a broker each would stream alone"
+        fix += " or set a broker (WIRTHFORGE_BROKER=redis://HOST:PORT)"
+    else:
+        why = (
+            f"the broker {settings.broker_redacted} is set but this version cannot use it "
+            "yet, so each would stream alone"
+        )
+    return f"ERROR: wirthforge-trio refuses {workers} Hypercorn workers: {why}; {fix}."
+
+
 def _app_from_environment() -> WirthforgeApp:
     try:
-        return create_app()
+        settings = Settings.from_env()
+        refusal = several_workers_refusal(hypercorn_workers(), settings)
+        if refusal is not None:
+            refuse_to_start(refusal)
+        return create_app(settings)
     except SettingsError as exc:
         print(f"ERROR: wirthforge-trio configuration: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None

@@ -137,5 +137,5 @@ def _release_shutdown_event() -> None:
             from _multiprocessing import sem_unlink  # type: ignore[attr-defined]
 
             sem_unlink(name)
-        except Exception:  # noqa: BLE001 - a leak warning at worst, never a reason to stay
+        except Exception:  # a leak warning at worst, never a reason to stay
             pass

@@ -37,7 +37,9 @@ from .contract.events import (
 from .engine.decipher import Retention
 from .engine.energy import PROFILES
 from .engine.recovery import wants_for
+from .engine.resume_log import StoreError
 from .engine.runtime import Engine, UnknownSessionError
+from .engine.sqlite_log import SqliteLog
 from .protocol.connection import CLOSE_GOING_AWAY, ConnectionProtocol
 from .protocol.limits import RateLimit
 from .protocol.origin import origin_allowed
@@ -207,6 +209,16 @@ def _refuse(refusal: Refusal) -> tuple[Response, int, dict[str, str]]:
     return _error(refusal.status, refusal.message, headers=dict(refusal.headers))
 
 
+def _store(settings: Settings) -> SqliteLog | None:
+    """The resume store of ``settings``, opened now so a bad path stops the start at once."""
+    if settings.store_path is None:
+        return None
+    try:
+        return SqliteLog(settings.store_path)
+    except StoreError as exc:
+        raise SettingsError(str(exc)) from None
+
+
 def create_app(
     settings: Settings | None = None, *, extra_sources: Sequence[ModelSource] = ()
 ) -> WirthforgeApp:
@@ -235,6 +247,7 @@ def create_app(
             events=settings.retention_events,
             seconds=settings.retention_seconds,
         ),
+        log=_store(settings),
     )
     capabilities: tuple[Capability, ...] = ("visualization",)
     if len(engine.models) > 1:
@@ -273,6 +286,13 @@ def create_app(
             state.tier,
             int(engine.clock.rate),
         )
+        if settings.store_path is not None:
+            log.info("resume log kept in %s", settings.store_path)
+        if settings.broker is not None:
+            log.warning(
+                "broker %s is set, but this version cannot use it yet: this process streams alone",
+                settings.broker_redacted,
+            )
 
     @app.after_serving
     async def stop_engine() -> None:

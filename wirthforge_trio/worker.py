@@ -134,7 +134,7 @@ def _release_shutdown_event() -> None:
             continue
         try:
             resource_tracker.unregister(name, "semaphore")
-            from _multiprocessing import sem_unlink  # type: ignore[attr-defined]
+            from _multiprocessing import sem_unlink  # type: ignore[import-not-found]
 
             sem_unlink(name)
         except Exception:  # a leak warning at worst, never a reason to stay

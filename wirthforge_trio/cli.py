@@ -13,6 +13,7 @@ from pathlib import Path
 import trio
 
 from .config import DEFAULT_PORT, ENVIRONMENT_VARIABLES, Settings, SettingsError, check_token
+from .engine.resume_log import StoreError
 from .version import __version__
 
 
@@ -69,6 +70,16 @@ def _parser() -> argparse.ArgumentParser:
         help="hardware tier to report (default: detected)",
     )
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.add_argument(
+        "--store",
+        help="keep the resume log across restarts in SQLite: sqlite:PATH (default: memory "
+        "only, nothing written to disk)",
+    )
+    serve.add_argument(
+        "--broker",
+        help="broker URL that makes several processes one stream: redis://HOST[:PORT]; "
+        "prefer WIRTHFORGE_BROKER when it holds a password",
+    )
 
     watch = commands.add_parser("watch", help="follow a running server's stream")
     watch.add_argument("--url", default="ws://127.0.0.1:8145/ws", help="the server's WebSocket")
@@ -110,12 +121,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "watch":
             return _watch(args)
         return _schema(args)
-    except SettingsError as exc:
+    except (SettingsError, StoreError) as exc:
         print(f"wirthforge: error: {exc}", file=sys.stderr)
         return 2
     except BaseExceptionGroup as group:
         # Raised inside a nursery (a port taken at bind time, say): still one clear line.
-        settings_error, rest = group.split(SettingsError)
+        settings_error, rest = group.split((SettingsError, StoreError))
         if settings_error is None or rest is not None:
             raise
         first = _first_leaf(settings_error)
@@ -185,6 +196,8 @@ def _serve(args: argparse.Namespace) -> int:
         preload=args.preload,
         token=args.token,
         allowed_hosts=tuple(args.allowed_hosts) if args.allowed_hosts else None,
+        store=args.store,
+        broker=args.broker,
     )
     check_exposure(settings)
     explicit_port = args.port is not None or settings.port != DEFAULT_PORT

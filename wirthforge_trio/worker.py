@@ -51,3 +51,48 @@ def wait_without_polling() -> bool:
         return False
     run.check_multiprocess_shutdown_event = wait_for_event  # type: ignore[attr-defined]
     return True
+
+
+# -- how many workers share the listening socket -----------------------------------------------
+#
+# Hypercorn's supervisor starts each worker with ``multiprocessing`` (spawn) and hands it its
+# Config as an argument of the process; in the worker that process object is
+# ``multiprocessing.current_process()``. Reading ``workers`` there is exact (it is the number
+# the supervisor starts) and needs no file or probe (docs/decisions.md, "One worker unless a
+# broker"). Only this module knows it.
+
+
+def hypercorn_workers() -> int | None:
+    """How many workers the Hypercorn supervisor that started this process runs; None when
+    this process is not a worker started by Hypercorn's supervisor (``wirthforge serve``, an
+    embedding program, ``hypercorn --workers 0``)."""
+    import multiprocessing
+
+    process = multiprocessing.current_process()
+    target = getattr(process, "_target", None)
+    if getattr(target, "__module__", "").split(".")[0] != "hypercorn":
+        return None
+    config = (getattr(process, "_kwargs", None) or {}).get("config")
+    workers = getattr(config, "workers", None)
+    return workers if isinstance(workers, int) else None
+
+
+def refuse_to_start(message: str, *, status: int = 2) -> None:
+    """Stop this worker with ``message`` on stderr, printed once for all the workers of one
+    supervisor (docs/decisions.md, "One worker unless a broker"). Never returns."""
+    import multiprocessing
+    import os
+    import socket
+
+    parent = multiprocessing.parent_process()
+    speaks = True
+    if parent is not None and hypercorn_workers() is not None:
+        # The first worker to bind this abstract (Linux, no file) name speaks for all.
+        claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            claim.bind(f"\0wirthforge-refusal-{parent.pid}")
+        except OSError:
+            speaks = False
+    if speaks:
+        print(message, file=sys.stderr, flush=True)
+    os._exit(status)

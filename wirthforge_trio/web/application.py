@@ -22,7 +22,9 @@ from ..contract.close_codes import CLOSE_GOING_AWAY
 from ..contract.events import Capability
 from ..engine.decipher import Retention
 from ..engine.energy import PROFILES
+from ..engine.resume_log import StoreError
 from ..engine.runtime import Engine
+from ..engine.sqlite_log import SqliteLog
 from ..protocol.limits import RateLimit
 from ..security import AccessPolicy, BrowserPolicy, ConnectionLimiter
 from ..sources import make_source
@@ -31,6 +33,7 @@ from ..transport.asgi import LeanASGIWebsocketConnection, LeanWebsocket
 from ..transport.heartbeats import HeartbeatSweep
 from ..transport.hub import Hub
 from ..version import __version__
+from ..worker import hypercorn_workers, refuse_to_start
 from .access import access
 from .api import api
 from .errors import http_error, json_error
@@ -133,6 +136,16 @@ def configure_logging(level: str) -> None:
     log.setLevel(level.upper())
 
 
+def _store(settings: Settings) -> SqliteLog | None:
+    """The resume store of ``settings``, opened now so a bad path stops the start at once."""
+    if settings.store_path is None:
+        return None
+    try:
+        return SqliteLog(settings.store_path)
+    except StoreError as exc:
+        raise SettingsError(str(exc)) from None
+
+
 def _server_state(settings: Settings, extra_sources: Sequence[ModelSource]) -> ServerState:
     hub = Hub(HeartbeatSweep(settings.heartbeat_interval))
     engine = Engine(
@@ -148,6 +161,7 @@ def _server_state(settings: Settings, extra_sources: Sequence[ModelSource]) -> S
             events=settings.retention_events,
             seconds=settings.retention_seconds,
         ),
+        log=_store(settings),
     )
     capabilities: tuple[Capability, ...] = ("visualization",)
     if len(engine.models) > 1:
@@ -196,6 +210,13 @@ def create_app(
             state.tier,
             int(state.engine.clock.rate),
         )
+        if settings.store_path is not None:
+            log.info("resume log kept in %s", settings.store_path)
+        if settings.broker is not None:
+            log.warning(
+                "broker %s is set, but this version cannot use it yet: this process streams alone",
+                settings.broker_redacted,
+            )
 
     @app.after_serving
     async def stop_engine() -> None:
@@ -220,13 +241,44 @@ def create_app(
     return app
 
 
+BROKER_AVAILABLE: Final = False
+"""Whether this version can join processes through the broker; until then a broker URL is
+checked and kept in Settings, and nothing is split."""
+
+
+def several_workers_refusal(workers: int | None, settings: Settings) -> str | None:
+    """The one line that stops a worker that would split the stream, or None to serve.
+
+    Several workers behind one listening socket each have their own engine: without a broker
+    a prompt would reach only the clients of the worker that took it (docs/decisions.md,
+    "One worker unless a broker").
+    """
+    if workers is None or workers <= 1:
+        return None
+    if settings.broker is not None and BROKER_AVAILABLE:
+        return None
+    fix = "run one worker (hypercorn -w 1, or `wirthforge serve`)"
+    if settings.broker is None:
+        why = "without a broker each would stream alone"
+        fix += " or set a broker (WIRTHFORGE_BROKER=redis://HOST:PORT)"
+    else:
+        why = (
+            f"the broker {settings.broker_redacted} is set but this version cannot use it "
+            "yet, so each would stream alone"
+        )
+    return f"ERROR: wirthforge-trio refuses {workers} Hypercorn workers: {why}; {fix}."
+
+
 def app_from_environment() -> WirthforgeApp:
     """The app for ``hypercorn -k trio wirthforge_trio.app:app``: settings from the
     ``WIRTHFORGE_*`` environment, and a one-line error naming the fix for a bad one."""
     try:
         settings = Settings.from_env()
+        refusal = several_workers_refusal(hypercorn_workers(), settings)
+        if refusal is not None:
+            refuse_to_start(refusal)
+        configure_logging(settings.log_level)
+        return create_app(settings)
     except SettingsError as exc:
         print(f"ERROR: wirthforge-trio configuration: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-    configure_logging(settings.log_level)
-    return create_app(settings)

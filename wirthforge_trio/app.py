@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import sys
 import time
@@ -230,6 +231,7 @@ def create_app(
         stall_timeout=settings.stall_timeout,
         check_interval=settings.model_check_interval,
         preload=settings.preload,
+        max_tokens=settings.max_tokens,
         retention=Retention(
             sessions=settings.retention_sessions,
             events=settings.retention_events,
@@ -479,6 +481,24 @@ def create_app(
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
 
+    def unavailable(model_ids: Sequence[str]) -> tuple[Response, int, dict[str, str]] | None:
+        """A prompt for a model whose runtime is down gets 503 naming the runtime, until a
+        check finds it back (docs/decisions.md, "a dead runtime is noticed at once")."""
+        for model_id in dict.fromkeys(model_ids):
+            entry = engine.models[model_id]
+            if entry.status != "unavailable":
+                continue
+            where = f" at {entry.runtime_url}" if entry.runtime_url else ""
+            return _error(
+                503,
+                f"model {model_id} is unavailable: its {entry.source.kind} runtime{where} "
+                f"does not answer. Start it again; the server checks every "
+                f"{engine.check_interval:g} s and accepts prompts as soon as it is back.",
+                "models",
+                headers={"Retry-After": str(max(1, math.ceil(engine.check_interval)))},
+            )
+        return None
+
     @app.post("/prompt")
     async def prompt() -> Any:
         body = await request.get_json(force=True, silent=True)
@@ -486,9 +506,11 @@ def create_app(
             return _error(400, 'the body must be JSON: {"prompt": "...", "models": [...]}')
         if not isinstance(body, dict):
             return _error(400, "the body must be a JSON object")
-        extra = sorted(set(body) - {"prompt", "models"})
+        extra = sorted(set(body) - {"prompt", "models", "maxTokens"})
         if extra:
-            return _error(422, f"unexpected field {extra[0]!r}; allowed: prompt, models", extra[0])
+            return _error(
+                422, f"unexpected field {extra[0]!r}; allowed: prompt, models, maxTokens", extra[0]
+            )
         text = body.get("prompt")
         if not isinstance(text, str) or not text.strip():
             return _error(422, "'prompt' must be a non-empty string", "prompt")
@@ -514,10 +536,25 @@ def create_app(
                 f"{', '.join(engine.models)}",
                 "models",
             )
+        max_tokens = body.get("maxTokens")
+        if max_tokens is not None and (
+            not isinstance(max_tokens, int)
+            or isinstance(max_tokens, bool)
+            or not 1 <= max_tokens <= engine.max_tokens
+        ):
+            return _error(
+                400,
+                f"'maxTokens' must be a whole number from 1 to {engine.max_tokens}, this "
+                "server's limit (--max-tokens / WIRTHFORGE_MAX_TOKENS)",
+                "maxTokens",
+            )
+        down = unavailable(wanted or [engine.default_model])
+        if down is not None:
+            return down
         busy = session_limit(len(set(wanted)) if wanted else 1)
         if busy is not None:
             return busy
-        sessions = engine.submit(text, wanted)
+        sessions = engine.submit(text, wanted, max_tokens=max_tokens)
         log.info(
             "prompt accepted: %d session(s) %s", len(sessions), ", ".join(s.id for s in sessions)
         )

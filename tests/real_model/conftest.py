@@ -140,8 +140,11 @@ class Llama:
 async def _deliver_cancel(process: trio.Process) -> None:
     """A stopped process gets SIGCONT first, so that nothing outlives its test."""
     if process.returncode is None:
-        os.kill(process.pid, signal.SIGCONT)
-        process.kill()
+        try:
+            os.kill(process.pid, signal.SIGCONT)
+            process.kill()
+        except ProcessLookupError:
+            pass  # it has just exited
     await process.wait()
 
 

@@ -162,6 +162,7 @@ async def test_cancelling_makes_the_runtime_stop_generating(
     nursery: trio.Nursery, llama: Llama
 ) -> None:
     server = await start_wirthforge(nursery, settings_for(llama))
+    decoded_before = await llama.metric("n_decode_total")  # one per generation step, live
     async with server.connect() as client, server.http() as http:
         await client.receive_type("startup_complete")
         (session,) = (await post(server, {"prompt": LONG_PROMPT, "maxTokens": 400}))["sessions"]
@@ -175,10 +176,10 @@ async def test_cancelling_makes_the_runtime_stop_generating(
         return not any(s["is_processing"] for s in await llama.slots())
 
     await wait_until(idle, what="the runtime's slots idle")
-    predicted = await llama.metric("tokens_predicted_total")
-    await trio.sleep(1.0)  # a generation still running would add about 100 tokens here
-    assert await llama.metric("tokens_predicted_total") == predicted
-    assert predicted < 400, "the runtime stopped before the bound"
+    decoded = await llama.metric("n_decode_total")
+    await trio.sleep(1.0)  # a generation still running would add about 100 steps here
+    assert await llama.metric("n_decode_total") == decoded, "the runtime still generates"
+    assert decoded - decoded_before < 400, "the runtime stopped before the bound"
     assert len(texts[session["sessionId"]]) > 0
     server.stop.set()
 

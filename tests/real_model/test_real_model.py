@@ -62,14 +62,26 @@ async def test_the_text_on_the_socket_is_the_runtimes_own_answer(
     nursery: trio.Nursery, llama: Llama
 ) -> None:
     server = await start_wirthforge(nursery, settings_for(llama))
+    predicted = await llama.metric("tokens_predicted_total")  # counted as each answer ends
     async with server.connect() as client:
         await client.receive_type("startup_complete")
         (session,) = (await post(server, {"prompt": PROMPT, "maxTokens": 48}))["sessions"]
-        texts, _ = await read_sessions(client, {session["sessionId"]})
+        texts, seen = await read_sessions(client, {session["sessionId"]})
+
+    async def counted() -> bool:
+        return await llama.metric("tokens_predicted_total") > predicted
+
+    await wait_until(counted, what="the runtime's count of the answer")
+    assert await llama.metric("tokens_predicted_total") - predicted == 48, "it got the bound"
     own = await llama.answer(PROMPT, 48)
     expected = own["choices"][0]["message"]["content"]
     assert expected.strip(), "the runtime answered something"
     assert texts[session["sessionId"]] == expected
+    # The bound reached the runtime: it stopped at 48 tokens, one per token on the socket.
+    assert own["choices"][0]["finish_reason"] == "length"
+    assert own["usage"]["completion_tokens"] == 48
+    tokens = [t for m in seen if m["type"] == "token_stream" for t in m["payload"]["tokens"]]
+    assert len(tokens) == 48
     server.stop.set()
 
 

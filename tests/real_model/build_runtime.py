@@ -121,6 +121,8 @@ def build(folder: Path, jobs: int) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if is_built(folder):
             return
+        for stale in folder.parent.glob("work-*"):  # left by a run that was killed; we
+            shutil.rmtree(stale, ignore_errors=True)  # hold the lock, so none is running
         _check_tools()
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="work-", dir=folder.parent) as tmp:

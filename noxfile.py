@@ -112,3 +112,27 @@ def diagrams(session: nox.Session) -> None:
             external=True,
         )
     session.run("python3", "diagrams/render.py", "--mmdc", mmdc, external=True)
+
+
+@nox.session(name="real-model", python="3.11")
+def real_model(session: nox.Session) -> None:
+    """End to end against a real model: llama.cpp's server with SmolLM2-135M-Instruct.
+
+    Builds the runtime once (about 7 minutes on 2 cores; cached outside the clone, see
+    tests/real_model/build_runtime.py), then runs tests/real_model/. Needs Debian's
+    `build-essential` and `cmake`. Here a missing runtime fails the tests; they never skip.
+    """
+    session.install("-e", ".[test]")
+    script = "tests/real_model/build_runtime.py"
+    session.run("python", script)
+    output = session.run("python", script, "--check", silent=True)
+    folder = str(output).strip().splitlines()[-1]
+    session.run(
+        "pytest",
+        "-q",
+        "-m",
+        "real_model",
+        "tests/real_model",
+        *session.posargs,
+        env={"WIRTHFORGE_REAL_RUNTIME": folder},
+    )

@@ -438,7 +438,8 @@ def test_end_session_with_an_error_sends_a_model_error() -> None:
     assert error.payload.code == "MODEL_ERROR"
     assert error.payload.severity == "error"
     assert "runtime went away" in error.payload.message
-    assert out.lossless_events.index(final) < out.lossless_events.index(error)
+    # The error first: a client that stops reading at isComplete has learnt why (issue 23, B6).
+    assert out.lossless_events.index(error) < out.lossless_events.index(final)
     later = d.tick(2, 2 * PERIOD)
     assert not [e for e in later.lossless_events if isinstance(e, ErrorEvent)]
 

@@ -183,6 +183,24 @@ async def test_a_failing_runtime_ends_only_its_own_session(
             first_token_timeout=2.0,
         ),
     )
+    if case in ("down", "missing"):
+        # Found unusable by its first check: a prompt for it is refused up front (503 naming the
+        # runtime), until a re-check finds it back; the others still serve.
+        async with server.http() as http:
+            with trio.fail_after(20):
+                while True:
+                    if (await http.get("/health")).json()["models"]["bad"] == "unavailable":
+                        break
+                    await trio.sleep(0.05)
+            refused = await http.post("/prompt", json={"prompt": "x", "models": ["good", "bad"]})
+        assert refused.status_code == 503 and ollama_url in refused.json()["error"]
+        async with server.connect() as client:
+            await client.receive_type("startup_complete")
+            sessions = await prompt(server, ["good"])
+            texts, _ = await collect_sessions(client, set(sessions))
+        assert list(texts.values()) == [good.text]
+        server.stop.set()
+        return
     async with server.connect() as client:
         await client.receive_type("startup_complete")
         sessions = await prompt(server, ["good", "bad"], "what is secret-7731?")

@@ -65,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
         "--preload", action="store_true", default=None, help="load runtime models at start-up"
     )
     serve.add_argument(
+        "--max-tokens",
+        type=int,
+        help="most tokens one generation may produce (default 512); a prompt may ask for fewer",
+    )
+    serve.add_argument(
         "--tier",
         choices=["Low-Tier", "Mid-Tier", "High-Tier"],
         help="hardware tier to report (default: detected)",
@@ -198,6 +203,7 @@ def _serve(args: argparse.Namespace) -> int:
         allowed_hosts=tuple(args.allowed_hosts) if args.allowed_hosts else None,
         store=args.store,
         broker=args.broker,
+        max_tokens=args.max_tokens,
     )
     check_exposure(settings)
     explicit_port = args.port is not None or settings.port != DEFAULT_PORT

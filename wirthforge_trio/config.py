@@ -94,6 +94,9 @@ class Settings:
     """Largest ``POST /prompt`` prompt, in UTF-8 bytes (HTTP 413)."""
     max_sessions: int = 8
     """Generations running at once; a prompt that would exceed it gets HTTP 429."""
+    max_tokens: int = 512
+    """Most tokens one generation may produce (sent to the runtime as its own bound); a
+    prompt's ``maxTokens`` may ask for fewer, never more."""
     profile: str = "default"
     demo_seed: int = 0
     demo_speed: float = 1.0
@@ -176,6 +179,7 @@ class Settings:
             "max_connections_per_address",
             "max_prompt_bytes",
             "max_sessions",
+            "max_tokens",
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(

@@ -285,8 +285,12 @@ class Decipher:
         self.frame_number = frame_number
         if self._still_at_rest():
             return self._rest_frame(frame_number, now, wall, started)
-        lossless: list[Event] = self._token_batches(wall, now)
-        lossless.extend(self._pending_events)
+        # Errors go before the token batches: a failed session's error_event precedes its
+        # final token_stream (isComplete), so a client that stops reading there knows why
+        # (docs/decisions.md, "error before the last batch").
+        errors = [e for e in self._pending_events if isinstance(e, ErrorEvent)]
+        lossless: list[Event] = [*errors, *self._token_batches(wall, now)]
+        lossless.extend(e for e in self._pending_events if not isinstance(e, ErrorEvent))
         self._pending_events.clear()
 
         counts: dict[str, int] = {}

@@ -9,6 +9,7 @@ failing runtime ends its own session with an error_event and never touches the o
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
@@ -34,6 +35,7 @@ from ..contract.events import (
 )
 from ..sources.base import (
     MODEL_NOT_FOUND,
+    MODEL_STREAM_DROPPED,
     MODEL_TIMEOUT,
     MODEL_UNAVAILABLE,
     ModelSource,
@@ -50,6 +52,11 @@ log = logging.getLogger("wirthforge_trio.engine")
 OVERRUN_WARNING_INTERVAL: Final = 5.0
 CHECK_TIMEOUT: Final = 15.0
 """Seconds a runtime gets to answer a model check (or a preload) before it counts as down."""
+DEFAULT_MAX_TOKENS: Final = 512
+"""Tokens one generation may produce unless the server or the prompt says otherwise."""
+RECHECK_CODES: Final = (MODEL_UNAVAILABLE, MODEL_NOT_FOUND, MODEL_STREAM_DROPPED, MODEL_TIMEOUT)
+"""Session failures that may mean the runtime itself is gone: each triggers a check at once
+(docs/decisions.md, "a dead runtime is noticed at once")."""
 
 
 class Publisher(Protocol):
@@ -90,6 +97,22 @@ class ModelEntry:
     source: ModelSource
     status: ModelStatusValue = "checking"
     message: str | None = None
+    takes_max_tokens: bool = attrs.field(init=False)
+    """Whether the source's ``generate`` accepts ``max_tokens`` (an embedding program's own
+    source may not; the engine cuts every stream at the bound anyway)."""
+
+    def __attrs_post_init__(self) -> None:
+        try:
+            parameters = inspect.signature(self.source.generate).parameters
+        except (TypeError, ValueError):
+            parameters = {}  # type: ignore[assignment]
+        self.takes_max_tokens = "max_tokens" in parameters
+
+    @property
+    def runtime_url(self) -> str | None:
+        """Where the model's runtime listens, for messages (None for a built-in source)."""
+        url = getattr(self.source, "base_url", None)
+        return url if isinstance(url, str) else None
 
     def status_event(self) -> ModelStatus:
         return ModelStatus(
@@ -132,9 +155,14 @@ class Engine:
         preload: bool = False,
         retention: Retention | None = None,
         log: ResumeLog | None = None,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
     ) -> None:
         if not sources:
             raise ValueError("the engine needs at least one model source")
+        if max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
+        self.max_tokens = max_tokens
+        """The most tokens one generation may produce; a prompt may ask for fewer."""
         self.models = {
             model_id: ModelEntry(model_id, source)
             for model_id, source in zip(unique_model_ids(sources), sources, strict=True)
@@ -194,13 +222,18 @@ class Engine:
 
     # -- model lifecycle --------------------------------------------------------------------------
 
-    def _watch(self, model_id: str) -> None:
+    def _watch(self, model_id: str, *, announce: bool = True) -> None:
         if self._nursery is not None and model_id not in self._watched:
             self._watched.add(model_id)
-            self._nursery.start_soon(self._watch_model, model_id)
+            self._nursery.start_soon(self._watch_model, model_id, announce)
 
-    async def _watch_model(self, model_id: str) -> None:
-        """Check (and optionally preload) a model until it is ready, retrying while it is not."""
+    async def _watch_model(self, model_id: str, announce: bool = True) -> None:
+        """Check (and optionally preload) a model until it is ready, retrying while it is not.
+
+        The first check runs at once: at start-up, and right after a session failed in a
+        way that may mean its runtime is gone (``announce=False`` then: that session's own
+        error_event has told the clients, the ``model_status`` says the rest).
+        """
         entry = self.models[model_id]
         try:
             while True:
@@ -212,15 +245,17 @@ class Engine:
                         with trio.fail_after(self.first_token_timeout):
                             await entry.source.preload()
                 except SourceError as exc:
-                    self._mark_unavailable(entry, exc)
+                    self._mark_unavailable(entry, exc, announce=announce)
                 except trio.TooSlowError:
+                    where = f" at {entry.runtime_url}" if entry.runtime_url else ""
                     self._mark_unavailable(
                         entry,
                         SourceError(
                             MODEL_UNAVAILABLE,
-                            f"the {entry.source.kind} runtime did not answer in time",
+                            f"the {entry.source.kind} runtime{where} did not answer in time",
                             "check that it is running and not overloaded",
                         ),
+                        announce=announce,
                     )
                 else:
                     self._set_status(entry, "ready", None)
@@ -287,10 +322,22 @@ class Engine:
 
     # -- sessions -------------------------------------------------------------------------------
 
-    def submit(self, prompt: str, model_ids: Sequence[str] | None = None) -> list[Session]:
-        """Start one session per model; each generation runs in the engine's nursery."""
+    def submit(
+        self,
+        prompt: str,
+        model_ids: Sequence[str] | None = None,
+        *,
+        max_tokens: int | None = None,
+    ) -> list[Session]:
+        """Start one session per model; each generation runs in the engine's nursery.
+
+        ``max_tokens`` (at most :attr:`max_tokens`, the default) bounds each generation.
+        """
         if self._nursery is None:
             raise RuntimeError("the engine is not running")
+        bound = self.max_tokens if max_tokens is None else max_tokens
+        if not 1 <= bound <= self.max_tokens:
+            raise ValueError(f"max_tokens must be between 1 and {self.max_tokens}")
         wanted = list(dict.fromkeys(model_ids)) if model_ids else [self.default_model]
         unknown = [m for m in wanted if m not in self.models]
         if unknown:
@@ -301,7 +348,7 @@ class Engine:
         for session in sessions:
             scope = trio.CancelScope()
             self._generations[session.id] = scope
-            self._nursery.start_soon(self._generate, session, scope, prompt)
+            self._nursery.start_soon(self._generate, session, scope, prompt, bound)
         return sessions
 
     def cancel(self, session_id: str) -> Session:
@@ -314,12 +361,14 @@ class Engine:
             scope.cancel()
         return session
 
-    async def _generate(self, session: Session, scope: trio.CancelScope, prompt: str) -> None:
+    async def _generate(
+        self, session: Session, scope: trio.CancelScope, prompt: str, max_tokens: int
+    ) -> None:
         entry = self.models[session.model_id]
         failure: SourceError | None = None
         with scope:
             try:
-                failure = await self._stream(session, entry.source, prompt)
+                failure = await self._stream(session, entry, prompt, max_tokens)
             except SourceError as exc:
                 failure = exc
             except Exception as exc:  # a broken source ends its session, never the server
@@ -338,17 +387,25 @@ class Engine:
             )
             if failure.code in (MODEL_UNAVAILABLE, MODEL_NOT_FOUND):
                 self._mark_unavailable(entry, failure, announce=False)
-                self._watch(entry.model_id)
+            if failure.code in RECHECK_CODES:
+                self._watch(entry.model_id, announce=False)
         elif cancelled:
             log.info("session %s cancelled", session.id)
 
     async def _stream(
-        self, session: Session, source: ModelSource, prompt: str
+        self, session: Session, entry: ModelEntry, prompt: str, max_tokens: int
     ) -> SourceError | None:
-        """Feed the source's tokens to the Decipher; a token overdue ends it as a stall."""
+        """Feed the source's tokens to the Decipher; a token overdue ends it as a stall, and
+        the stream is closed (the runtime sees it go) once ``max_tokens`` have come."""
         timeout = self.first_token_timeout
-        async with aclosing(source.generate(prompt)) as tokens:  # type: ignore[type-var]
-            while True:
+        source = entry.source
+        stream = (
+            source.generate(prompt, max_tokens=max_tokens)
+            if entry.takes_max_tokens
+            else source.generate(prompt)
+        )
+        async with aclosing(stream) as tokens:  # type: ignore[type-var]
+            while len(session.tokens) < max_tokens:
                 with trio.move_on_after(timeout) as waiting:
                     try:
                         token = await anext(tokens)
@@ -365,6 +422,7 @@ class Engine:
                     )
                 self.decipher.on_token(session, token)
                 timeout = self.stall_timeout
+        return None
 
     # -- the frame ------------------------------------------------------------------------------
 

@@ -84,10 +84,12 @@ class ModelSource(Protocol):
         """Which runtime serves it: ``demo``, ``ollama`` or ``openai``."""
         ...
 
-    def generate(self, prompt: str) -> AsyncIterator[Token]:
+    def generate(self, prompt: str, *, max_tokens: int | None = None) -> AsyncIterator[Token]:
         """Stream the answer to ``prompt``; the iterator ends when generation ends.
 
-        Raises :class:`SourceError` for any runtime failure.
+        ``max_tokens`` asks the runtime to stop after that many tokens (the engine also
+        stops reading there, so a source may omit the parameter). Raises
+        :class:`SourceError` for any runtime failure.
         """
         ...
 

@@ -425,11 +425,13 @@ class DemoSource:
             result.append(tuple(probs))
         return result
 
-    async def generate(self, prompt: str) -> AsyncIterator[Token]:
-        """Stream the answer, sleeping ``delay / speed`` on the Trio clock before each token."""
+    async def generate(self, prompt: str, *, max_tokens: int | None = None) -> AsyncIterator[Token]:
+        """Stream the answer, sleeping ``delay / speed`` on the Trio clock before each token;
+        only its first ``max_tokens`` tokens when that is given."""
         tokens = self.tokens_for(prompt)
         delays = self.schedule_for(prompt)
         distributions = self.top_k_for(prompt)
-        for text, delay, top_k in zip(tokens, delays, distributions, strict=True):
+        steps = list(zip(tokens, delays, distributions, strict=True))
+        for text, delay, top_k in steps[:max_tokens]:
             await trio.sleep(delay / self._speed)
             yield Token(text=text, at=trio.current_time(), top_k=top_k)

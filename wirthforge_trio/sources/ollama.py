@@ -167,18 +167,23 @@ class OllamaSource:
                 hint=self._http.log_hint,
             )
 
-    async def generate(self, prompt: str) -> AsyncGenerator[Token, None]:
+    async def generate(
+        self, prompt: str, *, max_tokens: int | None = None
+    ) -> AsyncGenerator[Token, None]:
         """Stream the answer to ``prompt``; ends when Ollama says ``done``.
 
-        Safe to cancel at any await and to abandon early: the HTTP response is closed.
+        ``max_tokens`` goes to Ollama as ``options.num_predict``. Safe to cancel at any
+        await and to abandon early: the HTTP response is closed.
         """
-        body = {
+        body: dict[str, Any] = {
             "model": self._model,
             "prompt": prompt,
             "stream": True,
             "logprobs": True,
             "top_logprobs": self._top_k,
         }
+        if max_tokens is not None:
+            body["options"] = {"num_predict": max_tokens}
         lines = self._http.stream_lines(
             "/api/generate", body, prompt=prompt, not_found_hint=self._pull_hint
         )

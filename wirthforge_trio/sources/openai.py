@@ -205,18 +205,24 @@ class OpenAISource:
         start; the first prompt pays the load instead.
         """
 
-    async def generate(self, prompt: str) -> AsyncGenerator[Token, None]:
+    async def generate(
+        self, prompt: str, *, max_tokens: int | None = None
+    ) -> AsyncGenerator[Token, None]:
         """Stream the answer to ``prompt``; ends at ``[DONE]`` (or the end after a finish).
 
-        Safe to cancel at any await and to abandon early: the HTTP response is closed.
+        ``max_tokens`` goes to the server as its own bound (without one, llama.cpp's server
+        writes until its context is full). Safe to cancel at any await and to abandon
+        early: the HTTP response is closed.
         """
-        body = {
+        body: dict[str, Any] = {
             "model": self._model,
             "messages": [{"role": "user", "content": prompt}],
             "stream": True,
             "logprobs": True,
             "top_logprobs": self._top_k,
         }
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
         lines = self._http.stream_lines(
             "/chat/completions",
             body,

@@ -4,7 +4,9 @@ status (docs/protocol.md, "HTTP")."""
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import trio
@@ -49,9 +51,11 @@ def _prompt_text(state: ServerState, body: Any) -> str | ErrorReply:
         return json_error(400, 'the body must be JSON: {"prompt": "...", "models": [...]}')
     if not isinstance(body, dict):
         return json_error(400, "the body must be a JSON object")
-    extra = sorted(set(body) - {"prompt", "models"})
+    extra = sorted(set(body) - {"prompt", "models", "maxTokens"})
     if extra:
-        return json_error(422, f"unexpected field {extra[0]!r}; allowed: prompt, models", extra[0])
+        return json_error(
+            422, f"unexpected field {extra[0]!r}; allowed: prompt, models, maxTokens", extra[0]
+        )
     text = body.get("prompt")
     if not isinstance(text, str) or not text.strip():
         return json_error(422, "'prompt' must be a non-empty string", "prompt")
@@ -86,6 +90,44 @@ def _prompt_models(state: ServerState, body: dict[str, Any]) -> list[str] | Erro
     return wanted
 
 
+def _max_tokens(state: ServerState, body: dict[str, Any]) -> int | ErrorReply | None:
+    """The prompt's own bound on each session's tokens (None: the server's), or the error."""
+    max_tokens = body.get("maxTokens")
+    limit = state.engine.max_tokens
+    if max_tokens is not None and (
+        not isinstance(max_tokens, int)
+        or isinstance(max_tokens, bool)
+        or not 1 <= max_tokens <= limit
+    ):
+        return json_error(
+            422,
+            f"'maxTokens' must be a whole number from 1 to {limit}, this server's limit "
+            "(--max-tokens / WIRTHFORGE_MAX_TOKENS)",
+            "maxTokens",
+        )
+    return max_tokens
+
+
+def _unavailable(state: ServerState, model_ids: Sequence[str]) -> ErrorReply | None:
+    """A prompt for a model whose runtime is down gets 503 naming the runtime, until a check
+    finds it back (docs/decisions.md, "a dead runtime is noticed at once")."""
+    engine = state.engine
+    for model_id in dict.fromkeys(model_ids):
+        entry = engine.models[model_id]
+        if entry.status != "unavailable":
+            continue
+        where = f" at {entry.runtime_url}" if entry.runtime_url else ""
+        return json_error(
+            503,
+            f"model {model_id} is unavailable: its {entry.source.kind} runtime{where} "
+            f"does not answer. Start it again; the server checks every "
+            f"{engine.check_interval:g} s and accepts prompts as soon as it is back.",
+            "models",
+            headers={"Retry-After": str(max(1, math.ceil(engine.check_interval)))},
+        )
+    return None
+
+
 @api.post("/prompt")
 async def prompt() -> Any:
     state = server_state()
@@ -103,10 +145,15 @@ async def prompt() -> Any:
     wanted = _prompt_models(state, body)
     if isinstance(wanted, tuple):
         return wanted
-    busy = _session_limit(state, len(set(wanted)) if wanted else 1)
-    if busy is not None:
-        return busy
-    sessions = state.engine.submit(text, wanted)
+    max_tokens = _max_tokens(state, body)
+    if isinstance(max_tokens, tuple):
+        return max_tokens
+    refused = _unavailable(state, wanted or [state.engine.default_model]) or _session_limit(
+        state, len(set(wanted)) if wanted else 1
+    )
+    if refused is not None:
+        return refused
+    sessions = state.engine.submit(text, wanted, max_tokens=max_tokens)
     log.info("prompt accepted: %d session(s) %s", len(sessions), ", ".join(s.id for s in sessions))
     return jsonify(
         {"sessions": [{"sessionId": s.id, "modelId": s.model_id} for s in sessions]}

@@ -156,6 +156,7 @@ def _server_state(settings: Settings, extra_sources: Sequence[ModelSource]) -> S
         stall_timeout=settings.stall_timeout,
         check_interval=settings.model_check_interval,
         preload=settings.preload,
+        max_tokens=settings.max_tokens,
         retention=Retention(
             sessions=settings.retention_sessions,
             events=settings.retention_events,

@@ -13,10 +13,9 @@ import os
 
 import trio
 
+from tests.support.server import RunningServer, stalled_client, start_server, test_settings
 from wirthforge_trio.contract.close_codes import CLOSE_SLOW_CONSUMER
 from wirthforge_trio.transport.mailbox import Mailbox
-
-from .conftest import RunningServer, stalled_client, start_server, test_settings
 
 
 async def stalled(port: int) -> trio.SocketStream:

@@ -37,7 +37,7 @@ import pytest
 import trio
 from hypercorn.config import Config
 
-from .conftest import RunningServer, start_server, test_settings
+from tests.support.server import RunningServer, start_server, test_settings
 
 SOAK = os.environ.get("WIRTHFORGE_SOAK") == "1"
 CYCLES = 50_000 if SOAK else 5_000

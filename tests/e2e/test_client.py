@@ -26,6 +26,9 @@ from trio_websocket import (
     serve_websocket,
 )
 
+from tests.support.events import frame, row, snapshot, startup, token_text
+from tests.support.server import RunningServer, start_server, test_settings
+from tests.support.waits import eventually
 from wirthforge_trio.client import (
     TRANSITIONS,
     Backoff,
@@ -38,17 +41,13 @@ from wirthforge_trio.client import (
     connect,
 )
 from wirthforge_trio.config import SettingsError
-from wirthforge_trio.contract.codec import encode
 from wirthforge_trio.contract.events import (
     EnergyUpdate,
     EnergyUpdatePayload,
     Event,
     Pong,
-    SnapshotSession,
     StartupComplete,
-    StartupCompletePayload,
     StateSnapshot,
-    StateSnapshotPayload,
     Subscriptions,
     TokenStream,
     TokenStreamPayload,
@@ -56,22 +55,11 @@ from wirthforge_trio.contract.events import (
 from wirthforge_trio.sources.demo import DemoSource
 from wirthforge_trio.watch import event_line, watch
 
-from .conftest import RunningServer, start_server, test_settings
-
 S = ConnectionState
 FAST = Backoff(base=0.05, cap=0.2, rng=random.Random(7))
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-async def eventually(predicate: Callable[[], bool], seconds: float = 5.0) -> None:
-    """Poll until ``predicate()`` holds; fail after ``seconds``."""
-    with trio.fail_after(seconds):
-        while True:
-            if predicate():
-                return
-            await trio.sleep(0.02)
 
 
 async def next_of(client: Client, kind: type[Event], seconds: float = 5.0) -> Any:
@@ -160,81 +148,6 @@ class FakeServer:
         assert message["type"] == "resume"
         payload: dict[str, Any] = message["payload"]
         return payload
-
-
-def startup() -> str:
-    return encode(
-        StartupComplete(
-            timestamp=1,
-            payload=StartupCompletePayload(model="demo", tier="Low-Tier", version="0.1.0"),
-        )
-    )
-
-
-def snapshot(
-    instance: str,
-    *,
-    resumed: bool,
-    sessions: tuple[SnapshotSession, ...] = (),
-    reason: str | None = None,
-    timestamp: int = 2,
-) -> str:
-    return encode(
-        StateSnapshot(
-            timestamp=timestamp,
-            payload=StateSnapshotPayload(
-                server_instance=instance,
-                resumed=resumed,
-                reason=reason,
-                frame_number=1,
-                models=(),
-                sessions=sessions,
-                rewards=(),
-                channels=("energy", "experience", "council", "reward", "system"),
-                retention_sessions=64,
-                retention_seconds=900.0,
-            ),
-        )
-    )
-
-
-def row(
-    sid: str, tokens: int, *, status: str = "streaming", resumable: bool = True
-) -> SnapshotSession:
-    return SnapshotSession(
-        session_id=sid,
-        model_id="demo",
-        status=status,  # type: ignore[arg-type]
-        tokens=tokens,
-        resumable=resumable,
-    )
-
-
-def token_text(sid: str, tokens: list[str], *, complete: bool = False, timestamp: int = 3) -> str:
-    return encode(
-        TokenStream(
-            timestamp=timestamp,
-            payload=TokenStreamPayload(
-                tokens=tuple(tokens), is_complete=complete, session_id=sid, model_id="demo"
-            ),
-        )
-    )
-
-
-def frame(number: int) -> str:
-    return encode(
-        EnergyUpdate(
-            timestamp=4,
-            frame_number=number,
-            payload=EnergyUpdatePayload(
-                total_energy=0.0,
-                delta_energy=0.0,
-                tokens_generated=0,
-                processing_time=0.1,
-                model_id="demo",
-            ),
-        )
-    )
 
 
 def tokens_of(events: list[Event], sid: str) -> str:

@@ -7,51 +7,18 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from functools import partial
-from pathlib import Path
 
-import httpx
 import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from tests.support.checks import check_message
+from tests.support.commands import BIN, ROOT, start, wait_healthy
+from tests.support.network import free_port
+from tests.support.server import RunningServer
 from wirthforge_trio.config import SettingsError
 from wirthforge_trio.server import bind_listener
-
-from .conftest import RunningServer, check_message
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start(args: list[str], **env: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        args,
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-async def wait_healthy(port: int) -> None:
-    async with httpx.AsyncClient() as http:
-        with trio.fail_after(20):
-            while True:
-                try:
-                    if (await http.get(f"http://127.0.0.1:{port}/health")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await trio.sleep(0.1)
 
 
 async def stop_and_expect_1001(process: subprocess.Popen[str], port: int, sig: int) -> str:

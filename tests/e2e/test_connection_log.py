@@ -8,8 +8,9 @@ import re
 
 import trio
 
-from .conftest import records_logged, start_server, test_settings
-from .test_engine import until
+from tests.support.logs import records_logged
+from tests.support.server import start_server, test_settings
+from tests.support.waits import eventually
 
 OPENED = re.compile(r"connection (c-\w+) opened from .* \((\d+) open\)")
 CLOSED = re.compile(r"connection (c-\w+) closed(?: by the client)? \(code (\d+|None), (\d+) open\)")
@@ -25,7 +26,7 @@ async def test_the_log_counts_the_new_connection_and_the_clients_close_code(
             async with server.connect() as second:
                 await second.receive_type("startup_complete")
                 await second.ws.aclose(code=4000, reason="done here")
-            await until(lambda: any(CLOSED.search(r.getMessage()) for r in records), 10)
+            await eventually(lambda: any(CLOSED.search(r.getMessage()) for r in records), 10)
     server.stop.set()
     lines = [r.getMessage() for r in records]
     opened = [m.groups() for m in map(OPENED.search, lines) if m]

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import trio
 
-from .conftest import CheckedClient, RunningServer, start_server, test_settings
-from .fake_runtimes import FakeOllama, FakeOpenAI, Script
+from tests.support.fake_runtimes import FakeOllama, FakeOpenAI, Script
+from tests.support.server import CheckedClient, RunningServer, start_server, test_settings
 
 WORDS = " light moves through the model as it writes each token in turn".split(" ")
 

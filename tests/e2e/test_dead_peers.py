@@ -2,7 +2,7 @@
 that holds its connection open without ever reading, are detected and cleaned up within the
 documented time: gone from ``/status`` and their server-side socket closed.
 
-The peer is a real client in a process of its own (tests/peer_process.py) that answers
+The peer is a real client in a process of its own (tests/support/peer_process.py) that answers
 heartbeats, so the server's liveness watchdog is armed as for a browser. Timeouts are
 shortened (heartbeat timeout 2 s, send timeout 2 s) to keep the tests short; the documented
 bounds scale with them:
@@ -22,18 +22,17 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import attrs
 import psutil
 import trio
 
+from tests.support.commands import PEER_PROCESS
+from tests.support.server import RunningServer, stalled_client, start_server, test_settings
 from wirthforge_trio.config import Settings
 
-from .conftest import RunningServer, stalled_client, start_server, test_settings
-
-PEER = Path(__file__).with_name("peer_process.py")
+PEER = PEER_PROCESS
 HEARTBEAT_TIMEOUT = 2.0
 SEND_TIMEOUT = 2.0
 CLOSE_BOUND = 1.0

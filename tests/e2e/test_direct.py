@@ -31,10 +31,11 @@ from wsproto.events import (
 )
 from wsproto.extensions import PerMessageDeflate
 
+from tests.support.checks import check_message
+from tests.support.instruments import StepCounter
+from tests.support.server import RunningServer, start_server, test_settings
+from tests.support.waits import eventually
 from wirthforge_trio.transport.direct import DirectSocket, leading_texts, text_frame
-
-from .conftest import RunningServer, StepCounter, check_message, start_server, test_settings
-from .test_client import eventually
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 1023, 1024, 65535, 65536, 70000])

@@ -10,16 +10,10 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
+from tests.support.logs import records_logged
+from tests.support.server import RunningServer, stalled_client, start_server, test_settings
 from wirthforge_trio import __version__
 from wirthforge_trio.sources.demo import DemoSource
-
-from .conftest import (
-    RunningServer,
-    records_logged,
-    stalled_client,
-    start_server,
-    test_settings,
-)
 
 
 async def test_handshake_is_startup_complete(server: RunningServer) -> None:

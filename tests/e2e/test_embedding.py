@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 import wirthforge_trio
+from tests.support.commands import ROOT
 from wirthforge_trio.contract.events import ErrorEvent, ErrorPayload
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_documented_example_runs() -> None:

@@ -7,7 +7,7 @@ Trio loop on a thread of its own (:class:`LiveConnection`) and the examples driv
 test's thread with ``trio.from_thread.run``. Each example sends its input, then a reset of the
 subscriptions and a ``ping`` carrying a fresh nonce; everything that arrives before the
 matching ``pong`` is the server's answer to the input. Every message is schema-checked by
-:class:`~tests.conftest.CheckedClient`; heartbeats are answered as a browser would.
+:class:`~tests.support.server.CheckedClient`; heartbeats are answered as a browser would.
 
 ``WIRTHFORGE_SOAK=1`` runs 20 times the examples, randomised (CI runs a fixed, derandomised
 set so that a failure is reproducible).
@@ -30,11 +30,11 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.logs import errors_logged
+from tests.support.server import CheckedClient, RunningServer, start_server, test_settings
 from wirthforge_trio.config import Settings
 from wirthforge_trio.contract.codec import ClientMessageError, decode_client_message
 from wirthforge_trio.contract.events import CHANNELS
-
-from .conftest import CheckedClient, RunningServer, errors_logged, start_server, test_settings
 
 SOAK = os.environ.get("WIRTHFORGE_SOAK") == "1"
 EXAMPLES = 5000 if SOAK else 250

@@ -27,13 +27,13 @@ from wsproto.events import (
     TextMessage,
 )
 
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, ServerProcess
+from tests.support.commands import BIN, start, wait_healthy
+from tests.support.network import free_port, lan_address
+from tests.support.server import RunningServer, start_server, test_settings
+from tests.support.tokens import BEARER, TOKEN
+from tests.support.waits import wait_until
 from wirthforge_trio.config import Settings, SettingsError
-
-from .conftest import RunningServer, start_server, test_settings
-from .test_browser import CHROMIUM, CHROMIUM_ARGS, ServerProcess, wait_until
-from .test_browser import free_port as browser_free_port
-from .test_commands import BIN, free_port, start, wait_healthy
-from .test_security import BEARER, TOKEN, lan_address
 
 EVIL = "evil.example"
 
@@ -387,10 +387,10 @@ def test_rebinding_and_cross_site_posts_in_chromium(tmp_path: Path) -> None:
     cross-site "simple" POST."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"no Chromium at {CHROMIUM}: `apt-get install -y chromium`")
-    server = ServerProcess(browser_free_port(), tmp_path / "server.log")
+    server = ServerProcess(free_port(), tmp_path / "server.log")
     server.start()
     (tmp_path / "index.html").write_text("<!doctype html><title>another site</title>")
-    other_port = browser_free_port("127.0.0.2")
+    other_port = free_port("127.0.0.2")
     other_site = subprocess.Popen(
         [sys.executable, "-m", "http.server", str(other_port), "--bind", "127.0.0.2"],
         cwd=tmp_path,

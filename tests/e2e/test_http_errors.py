@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import trio
 
-from .conftest import RunningServer
+from tests.support.server import RunningServer
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 

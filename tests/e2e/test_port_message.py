@@ -10,10 +10,9 @@ import subprocess
 import pytest
 import trio
 
+from tests.support.commands import BIN, ROOT, wait_healthy
+from tests.support.network import port_is_free
 from wirthforge_trio.config import DEFAULT_PORT, FALLBACK_PORT
-
-from .test_commands import wait_healthy
-from .test_restart import BIN, ROOT, port_is_free
 
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("WIRTHFORGE_")}
 

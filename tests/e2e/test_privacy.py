@@ -21,10 +21,9 @@ from typing import Any
 
 import trio
 
+from tests.support.fake_runtimes import FakeOllama, Script
+from tests.support.server import CheckedClient, RunningServer, start_server, test_settings
 from wirthforge_trio.sources.demo import DemoSource
-
-from .conftest import CheckedClient, RunningServer, start_server, test_settings
-from .fake_runtimes import FakeOllama, Script
 
 PROMPT = 'privacy-canary-7c21: my PIN is 4921, read "Élodie\'s diary" aloud'
 FRAME_EVENTS = ("energy_update", "energy_field", "interference_event", "resonance_event")

@@ -9,12 +9,11 @@ import os
 import pytest
 import trio
 
+from tests.support.proxy import TcpProxy
+from tests.support.server import start_server, test_settings
 from wirthforge_trio.client import Backoff, ConnectionState, connect
 from wirthforge_trio.contract.events import TokenStream
 from wirthforge_trio.sources.demo import DemoSource
-
-from .conftest import start_server, test_settings
-from .proxy import TcpProxy
 
 FAST = Backoff(base=0.05, cap=0.3)
 

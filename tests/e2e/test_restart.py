@@ -15,8 +15,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -24,15 +22,14 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
+from tests.support.commands import BIN, ROOT
+from tests.support.network import free_port, port_is_free
+from tests.support.server import CheckedClient, RunningServer, stalled_client, test_settings
 from wirthforge_trio.config import DEFAULT_PORT, FALLBACK_PORT, Settings
 from wirthforge_trio.server import SHUTDOWN_DEADLINE, serve
 from wirthforge_trio.sources.demo import DemoSource
 from wirthforge_trio.web import SHUTDOWN_CLOSE_TIMEOUT, create_app
 
-from .conftest import CheckedClient, RunningServer, stalled_client, test_settings
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 COUNCIL = ("demo", "demo:b")
 CLOSE_BOUND = SHUTDOWN_CLOSE_TIMEOUT + 1.0
 """Clients get their 1001 within the server's close timeout (+1 s of scheduling slack)."""
@@ -75,12 +72,6 @@ async def start_stoppable(nursery: trio.Nursery, settings: Settings) -> Stoppabl
     stoppable = Stoppable(RunningServer(server.url, app, settings, stop), exited)
     holder["s"] = stoppable
     return stoppable
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def tokens_until_closed(client: CheckedClient) -> tuple[dict[str, list[str]], int | None]:
@@ -209,16 +200,6 @@ async def test_a_restarted_server_binds_the_same_port_at_once_and_serves(
     second.stop()
     with trio.fail_after(EXIT_BOUND + 5):
         await second.exited.wait()
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 async def test_a_taken_default_port_falls_back_to_8146_and_the_output_says_so() -> None:

@@ -10,9 +10,8 @@ from typing import Any
 
 import trio
 
+from tests.support.server import CheckedClient, RunningServer, start_server, test_settings
 from wirthforge_trio.sources.demo import DemoSource
-
-from .conftest import CheckedClient, RunningServer, start_server, test_settings
 
 
 async def open_resuming(server: RunningServer, resume: dict[str, Any]) -> Any:

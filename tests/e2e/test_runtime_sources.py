@@ -15,7 +15,7 @@ import httpx
 import pytest
 import trio
 
-from tests.fake_runtimes import FakeOllama, FakeOpenAI, FakeRuntime, Request, Script
+from tests.support.fake_runtimes import FakeOllama, FakeOpenAI, FakeRuntime, Request, Script
 from wirthforge_trio.sources.base import (
     MODEL_HTTP_ERROR,
     MODEL_NOT_FOUND,

@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -26,25 +25,11 @@ from trio_websocket import (
     serve_websocket,
 )
 
+from tests.support.commands import BIN, ROOT, wait_healthy
+from tests.support.network import free_port, lan_address
+from tests.support.server import RunningServer, start_server, test_settings
+from tests.support.tokens import BEARER, TOKEN, WS_BEARER
 from wirthforge_trio.watch import watch
-
-from .conftest import RunningServer, start_server, test_settings
-from .test_commands import BIN, ROOT, free_port, wait_healthy
-
-TOKEN = "s3cret-Token_for.tests~0123456789"
-BEARER = {"Authorization": f"Bearer {TOKEN}"}
-WS_BEARER = [(b"Authorization", f"Bearer {TOKEN}".encode())]
-
-
-def lan_address() -> str | None:
-    """This machine's address on its default route, if it has one that is not loopback."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.connect(("198.51.100.1", 9))  # no packet is sent: it only picks a route
-        except OSError:
-            return None
-        address = str(sock.getsockname()[0])
-    return None if address.startswith("127.") or address == "0.0.0.0" else address
 
 
 def env_without_token() -> dict[str, str]:
@@ -171,7 +156,7 @@ def test_the_page_in_a_real_browser_takes_the_token_from_the_fragment(tmp_path: 
     and no URL the browser requests carries it. Without the fragment it cannot connect."""
     from playwright.sync_api import sync_playwright
 
-    from .test_browser import CHROMIUM, CHROMIUM_ARGS
+    from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 
     if not Path(CHROMIUM).exists():
         pytest.fail(f"no Chromium at {CHROMIUM} (see tests/test_browser.py)")

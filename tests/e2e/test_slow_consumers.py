@@ -2,7 +2,7 @@
 server's memory must stay bounded, and a stalled client whose unread lossless events pass a
 bounded backlog is closed with a documented code and resumes without loss.
 
-The five readers run in a process of their own (tests/peer_process.py) and return one raw
+The five readers run in a process of their own (tests/support/peer_process.py) and return one raw
 message in 50 for this test to schema-check: five clients validating ~300 messages a second
 each with jsonschema would measure the test's CPU rather than the server's (every message
 type is fully checked by the other end-to-end tests).
@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -23,13 +22,14 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
+from tests.support.checks import check_message
+from tests.support.commands import PEER_PROCESS
+from tests.support.server import RunningServer, stalled_client, start_server, test_settings
 from wirthforge_trio.contract.close_codes import CLOSE_SLOW_CONSUMER
 from wirthforge_trio.contract.events import RewardEvent, RewardPayload
 from wirthforge_trio.sources.demo import DemoSource
 
-from .conftest import RunningServer, check_message, stalled_client, start_server, test_settings
-
-PEER = Path(__file__).with_name("peer_process.py")
+PEER = PEER_PROCESS
 SOAK = os.environ.get("WIRTHFORGE_SOAK") == "1"
 COUNCIL = ("demo", "demo:b")
 COUNCIL_IDS = {"demo": "demo", "demo:b": "demo-b"}

@@ -22,6 +22,9 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.fake_runtimes import FakeOllama, FakeOpenAI, Request, Script, _Conn
+from tests.support.logs import errors_logged
+from tests.support.server import CheckedClient, RunningServer, start_server, test_settings
 from wirthforge_trio.contract.codec import encode, valid_text
 from wirthforge_trio.contract.events import TokenStream, TokenStreamPayload
 from wirthforge_trio.server import serve
@@ -29,9 +32,6 @@ from wirthforge_trio.sources.base import Token
 from wirthforge_trio.sources.http_runtime import SurrogateMender
 from wirthforge_trio.transport.mailbox import Mailbox
 from wirthforge_trio.web import create_app
-
-from .conftest import CheckedClient, RunningServer, errors_logged, start_server, test_settings
-from .fake_runtimes import FakeOllama, FakeOpenAI, Request, Script, _Conn
 
 NASTY = [
     "Hello",

@@ -2,13 +2,13 @@
 (SIGKILL) mid-stream, or readers whose frame rate is measured outside the server's process.
 Only trio and trio-websocket are imported, to start fast.
 
-``python tests/peer_process.py WS_URL``: one client that reads every message and answers
+``python tests/support/peer_process.py WS_URL``: one client that reads every message and answers
 every heartbeat (so the server's liveness watchdog is armed, as for a browser). Once live it
 prints ``{"connectionId": "c-...", "localPort": 12345}`` (the id from the first heartbeat, the
 port of its end of the TCP connection); when the server closes it, ``{"closed": CODE}``. It
 runs until it is killed or closed.
 
-``python tests/peer_process.py WS_URL --readers N --sessions S``: N clients; once every one
+``python tests/support/peer_process.py WS_URL --readers N --sessions S``: N clients; once every one
 has its startup_complete it prints ``{"ready": N}``; each then reads until S sessions have
 completed and the process prints ``{"results": [...]}``, per client: its connectionId, the
 distinct energy frames it received and over how many seconds, each model's full text, and a

@@ -31,8 +31,8 @@ from benchmarks.wsframes import (
     encode_client_frame,
     parse_handshake_response,
 )
+from tests.support.commands import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SIZES = (0, 1, 125, 126, 127, 65535, 65536, 70000)
 CONTENDERS = ("wirthforge", "fastapi", "websockets")

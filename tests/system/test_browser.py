@@ -8,9 +8,6 @@ can be stopped, frozen (SIGSTOP) and restarted under the page.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,104 +21,13 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 from websockets.sync.client import connect as ws_connect
 
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, ServerProcess
+from tests.support.commands import ROOT
+from tests.support.network import free_port
+from tests.support.waits import wait_until
 from wirthforge_trio import __version__
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-CHROMIUM = os.environ.get("WIRTHFORGE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOTS = ROOT / "build" / "screenshots"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {seconds} s waiting for {what}")
-        time.sleep(0.05)
-
-
-class ServerProcess:
-    """``wirthforge serve`` on a fixed port, which can be stopped, frozen and started again."""
-
-    def __init__(self, port: int, log: Path, env: dict[str, str] | None = None) -> None:
-        self.port = port
-        self.log = log
-        self.env = env or {}
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [
-                    str(BIN / "wirthforge"),
-                    "serve",
-                    "--port",
-                    str(self.port),
-                    "--model",
-                    "demo",
-                    "--model",
-                    "demo:sage",
-                ],
-                cwd=ROOT,
-                env={
-                    **os.environ,
-                    "WIRTHFORGE_DEMO_SPEED": "3",
-                    "WIRTHFORGE_LOG_LEVEL": "INFO",
-                    **self.env,
-                },
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-        def healthy() -> bool:
-            assert self.process is not None and self.process.poll() is None, self.log.read_text()
-            try:
-                return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(healthy, 20, "the server to answer /health")
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self.process = None
-
-    def freeze(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
 
 
 @pytest.fixture(scope="module")

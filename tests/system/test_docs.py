@@ -38,6 +38,9 @@ import pytest
 import yaml
 
 import wirthforge_trio
+from tests.support.checks import check_message
+from tests.support.commands import ROOT
+from tests.support.server import RunningServer
 from wirthforge_trio import cli, client, config
 from wirthforge_trio.contract import close_codes
 from wirthforge_trio.contract.codec import decode_client_message, decode_event
@@ -49,9 +52,6 @@ from wirthforge_trio.contract.events import (
 )
 from wirthforge_trio.web import WRONG_WORKER_MESSAGE
 
-from .conftest import RunningServer, check_message
-
-ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PACKAGE = ROOT / "wirthforge_trio"
 PROTOCOL = DOCS / "protocol.md"

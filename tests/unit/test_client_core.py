@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from tests.support.events import frame, row, snapshot, startup, token_text
 from wirthforge_trio.client_core import (
     Backoff,
     ClientCore,
@@ -29,8 +30,6 @@ from wirthforge_trio.contract.events import (
     TokenStream,
     Unsubscribe,
 )
-
-from .test_client import frame, row, snapshot, startup, token_text
 
 S = ConnectionState
 URL = "ws://127.0.0.1:8145/ws"

@@ -6,11 +6,10 @@ from __future__ import annotations
 import pytest
 import trio
 
+from tests.support.logs import errors_logged
 from wirthforge_trio.protocol.connection import ConnectionProtocol
 from wirthforge_trio.transport.connection import ClientGone, Connection
 from wirthforge_trio.transport.heartbeats import HeartbeatSweep
-
-from .conftest import errors_logged
 
 
 class GoneSocket:

@@ -7,7 +7,6 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -16,6 +15,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.paths import PUBLISHED_SCHEMA
 from wirthforge_trio.contract.codec import encode
 from wirthforge_trio.contract.events import (
     FRAME_BUDGET_MS,
@@ -44,8 +44,6 @@ from wirthforge_trio.engine.energy import PROFILES
 from wirthforge_trio.engine.rest_text import RestFrameText
 from wirthforge_trio.sources.base import SourceError, Token
 
-CONTRACT_DIR = Path(__file__).resolve().parents[2] / "shared" / "contract"
-PUBLISHED_SCHEMA = CONTRACT_DIR / "WF-TECH-003-event-schemas.json"
 PERIOD = 1 / 60
 
 

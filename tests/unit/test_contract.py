@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.paths import PUBLISHED_SCHEMA, ROOT
 from wirthforge_trio.contract import codec, schema
 from wirthforge_trio.contract.events import (
     CHANNELS,
@@ -54,10 +55,6 @@ from wirthforge_trio.contract.events import (
     TokenStreamPayload,
     Unsubscribe,
 )
-
-PROJECT_DIR = Path(__file__).resolve().parents[1]
-CONTRACT_DIR = Path(__file__).resolve().parents[2] / "shared" / "contract"
-PUBLISHED_SCHEMA = CONTRACT_DIR / "WF-TECH-003-event-schemas.json"
 
 FRAMED_TYPES = {"energy_update", "energy_field", "interference_event", "resonance_event"}
 CAMEL = re.compile(r"^[a-z][a-zA-Z0-9]*$")
@@ -727,7 +724,7 @@ def test_project_schema_rejects_messages_no_event_matches(
 
 
 def test_checked_in_schemas_are_up_to_date() -> None:
-    directory = PROJECT_DIR / "schemas"
+    directory = ROOT / "schemas"
     generated = schema.generated_files()
     assert set(generated) == {schema.SERVER_SCHEMA_FILE, schema.CLIENT_SCHEMA_FILE}
     stale = [

@@ -7,12 +7,12 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import jsonschema
 import pytest
 
+from tests.support.paths import PUBLISHED_SCHEMA
 from wirthforge_trio.contract import codec
 from wirthforge_trio.contract.events import InterferenceEvent, ResonanceEvent
 from wirthforge_trio.engine.council import (
@@ -29,9 +29,6 @@ from wirthforge_trio.engine.energy import PROFILES, FlowState
 from wirthforge_trio.sources.base import Token
 from wirthforge_trio.sources.demo import DemoSource
 
-PUBLISHED_SCHEMA = (
-    Path(__file__).resolve().parents[2] / "shared" / "contract" / "WF-TECH-003-event-schemas.json"
-)
 WALL = 1_726_000_000_000
 EVERY = 6
 RISING = [0.1, 0.2, 0.3, 0.4, 0.5]

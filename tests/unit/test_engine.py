@@ -2,89 +2,14 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
-
-import attrs
 import pytest
 import trio
 
-from wirthforge_trio.contract.events import ErrorEvent, Event, FrameEvent, ModelStatus, TokenStream
-from wirthforge_trio.engine.energy import PROFILES
-from wirthforge_trio.engine.runtime import Engine, UnknownModelError, unique_model_ids
-from wirthforge_trio.sources.base import MODEL_UNAVAILABLE, SourceError, Token
-
-
-@attrs.define
-class ScriptedSource:
-    """Yields ``tokens`` with ``gap`` seconds between them, then stalls forever if told."""
-
-    name: str
-    tokens: list[str] = attrs.field(factory=lambda: ["a", "b", "c"])
-    gap: float = 0.01
-    stall_after: int | None = None
-    down: bool = False
-    closed: bool = False
-    kind: str = "demo"
-
-    async def generate(self, prompt: str) -> AsyncIterator[Token]:
-        try:
-            for i, text in enumerate(self.tokens):
-                if self.stall_after is not None and i >= self.stall_after:
-                    await trio.sleep_forever()
-                await trio.sleep(self.gap)
-                yield Token(text=text, at=trio.current_time())
-        finally:
-            self.closed = True
-
-    async def check(self) -> None:
-        if self.down:
-            raise SourceError(MODEL_UNAVAILABLE, "cannot connect", "start it")
-
-    async def preload(self) -> None:
-        pass
-
-    async def aclose(self) -> None:
-        pass
-
-
-@attrs.define
-class Recorder:
-    events: list[Event] = attrs.field(factory=list)
-    frames: int = 0
-    slow_frames: set[int] = attrs.field(factory=set)
-
-    def publish_frame(self, number: int, events: Iterable[FrameEvent]) -> None:
-        self.frames += 1
-        if number in self.slow_frames:
-            time.sleep(0.03)  # a frame that runs over its 16.67 ms budget
-
-    def publish_frame_text(self, number: int, message: tuple[str, tuple[str, ...], str]) -> None:
-        self.publish_frame(number, ())
-
-    def publish(self, event: Event) -> None:
-        self.events.append(event)
-
-    def __len__(self) -> int:
-        return 1
-
-    def of(self, kind: type[Any]) -> list[Any]:
-        return [e for e in self.events if isinstance(e, kind)]
-
-
-async def until(condition: Callable[[], bool], seconds: float) -> None:
-    """Poll engine state that offers no event of its own, within a deadline."""
-    with trio.fail_after(seconds):
-        while True:
-            if condition():
-                return
-            await trio.sleep(0.02)
-
-
-def engine(*sources: ScriptedSource, **kwargs: Any) -> tuple[Engine, Recorder]:
-    recorder = Recorder()
-    return Engine(list(sources), recorder, PROFILES["default"], **kwargs), recorder
+from tests.support.engine import ScriptedSource, engine
+from tests.support.waits import eventually
+from wirthforge_trio.contract.events import ErrorEvent, ModelStatus, TokenStream
+from wirthforge_trio.engine.runtime import UnknownModelError, unique_model_ids
+from wirthforge_trio.sources.base import MODEL_UNAVAILABLE
 
 
 def test_model_ids_are_unique_and_council_is_reserved() -> None:
@@ -100,7 +25,7 @@ async def test_a_stalled_source_times_out_and_is_closed() -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(eng.run)
         (session,) = eng.submit("p")
-        await until(lambda: session.status != "streaming", 3)
+        await eventually(lambda: session.status != "streaming", 3)
         await trio.sleep(0.05)
         eng.stop()
     assert session.status == "failed"
@@ -120,7 +45,7 @@ async def test_cancel_ends_the_session_with_is_complete() -> None:
         (session,) = eng.submit("p")
         await trio.sleep(0.1)
         eng.cancel(session.id)
-        await until(lambda: session.completion_sent, 2)
+        await eventually(lambda: session.completion_sent, 2)
         eng.stop()
     assert session.status == "cancelled"
     assert endless.closed
@@ -146,7 +71,7 @@ async def test_an_unavailable_model_is_announced_once_and_rechecked() -> None:
         await trio.sleep(0.3)  # several re-checks while it is down
         assert eng.models["flaky"].status == "unavailable"
         flaky.down = False
-        await until(lambda: eng.models["flaky"].status == "ready", 2)
+        await eventually(lambda: eng.models["flaky"].status == "ready", 2)
         eng.stop()
     errors = [e for e in rec.of(ErrorEvent) if e.payload.code == MODEL_UNAVAILABLE]
     assert len(errors) == 1, "one error_event per outage, not per re-check"

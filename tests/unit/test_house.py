@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "wirthforge_trio"
+from tests.support.paths import PACKAGE
+
 MAX_FUNCTION_LINES = 100
 
 

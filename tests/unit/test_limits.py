@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.checks import check_message
 from wirthforge_trio.config import Settings, SettingsError
 from wirthforge_trio.contract.close_codes import CLOSE_POLICY
 from wirthforge_trio.contract.codec import encode
@@ -27,8 +28,6 @@ from wirthforge_trio.security import (
     select_subprotocol,
     token_matches,
 )
-
-from .conftest import check_message
 
 WALL = 1_726_000_000_000
 TOKEN = "a-token-of-twenty-chars"

@@ -6,11 +6,11 @@ import re
 
 import trio
 
+from tests.support.engine import ScriptedSource, engine
+from tests.support.waits import eventually
 from wirthforge_trio.contract.events import ErrorEvent
 from wirthforge_trio.engine.decipher import model_error
 from wirthforge_trio.sources.base import MODEL_UNAVAILABLE, SourceError, with_hint
-
-from .test_engine import ScriptedSource, engine, until
 
 RUN_TOGETHER = re.compile(r"[a-z)] [a-z]+ the runtime")
 
@@ -49,7 +49,7 @@ async def test_a_timeout_error_reads_as_two_sentences() -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(eng.run)
         (session,) = eng.submit("p")
-        await until(lambda: session.completion_sent, 3)
+        await eventually(lambda: session.completion_sent, 3)
         eng.stop()
     (error,) = [e for e in rec.of(ErrorEvent) if e.payload.code == "MODEL_TIMEOUT"]
     message = error.payload.message

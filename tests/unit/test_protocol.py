@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 
+from tests.support.paths import PUBLISHED_SCHEMA
 from wirthforge_trio.contract.codec import encode
 from wirthforge_trio.contract.events import CHANNELS, ErrorEvent, Heartbeat, Pong, Subscriptions
 from wirthforge_trio.protocol.connection import (
@@ -20,9 +20,6 @@ from wirthforge_trio.protocol.connection import (
     Reply,
 )
 from wirthforge_trio.protocol.origin import ServerNames, origin_allowed, split_host
-
-CONTRACT_DIR = Path(__file__).resolve().parents[2] / "shared" / "contract"
-PUBLISHED_SCHEMA = CONTRACT_DIR / "WF-TECH-003-event-schemas.json"
 
 WALL = 1_726_000_000_000
 TIMEOUT = 10.0

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 
+from tests.support.paths import PUBLISHED_SCHEMA
 from wirthforge_trio.contract import codec
 from wirthforge_trio.contract.events import RewardEvent
 from wirthforge_trio.engine.rewards import (
@@ -22,9 +22,6 @@ from wirthforge_trio.engine.rewards import (
     level_for_tokens,
 )
 
-PUBLISHED_SCHEMA = (
-    Path(__file__).resolve().parents[2] / "shared" / "contract" / "WF-TECH-003-event-schemas.json"
-)
 WALL = 1_726_000_000_000
 
 _validator: jsonschema.Draft7Validator | None = (

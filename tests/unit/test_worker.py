@@ -14,9 +14,8 @@ import pytest
 import trio
 
 import wirthforge_trio.app  # noqa: F401  (importing the app is what puts the wait in place)
+from tests.support.instruments import StepCounter
 from wirthforge_trio.worker import wait_for_event, wait_without_polling
-
-from .conftest import StepCounter
 
 
 @pytest.mark.parametrize(

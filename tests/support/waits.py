@@ -1,0 +1,31 @@
+"""Wait until a condition holds, within a generous deadline, instead of sleeping a fixed time:
+the machine is shared and noisy, so a test waits for the event it needs, never for a guess."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import trio
+
+POLL_SECONDS = 0.02
+
+
+async def eventually(predicate: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Poll ``predicate()`` (state that offers no event of its own) until it holds; fail the
+    test after ``seconds``."""
+    with trio.fail_after(seconds):
+        while True:
+            if predicate():
+                return
+            await trio.sleep(POLL_SECONDS)
+
+
+def wait_until(predicate: Callable[[], bool], seconds: float, what: str) -> None:
+    """:func:`eventually` for synchronous tests (a browser driven by Playwright's sync API);
+    the failure names ``what`` was awaited."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+        time.sleep(0.05)

@@ -426,7 +426,7 @@ def test_every_variable_is_in_the_configuration_table_with_its_default() -> None
 
 def test_no_document_names_a_variable_that_does_not_exist() -> None:
     assert not TEST_ONLY_VARIABLES & set(config.ENVIRONMENT_VARIABLES)
-    others = [p for p in (ROOT / "tests").glob("*.py") if p.resolve() != Path(__file__).resolve()]
+    others = [p for p in (ROOT / "tests").rglob("*.py") if p.resolve() != Path(__file__).resolve()]
     for variable in TEST_ONLY_VARIABLES:  # still a switch that some test reads
         assert any(variable in _read(p) for p in others), f"no test reads {variable} any more"
     known = set(config.ENVIRONMENT_VARIABLES) | TEST_ONLY_VARIABLES
@@ -636,3 +636,22 @@ def test_every_relative_link_and_anchor_resolves() -> None:
                 assert anchor in _anchors(path), f"{page.name}: no anchor #{anchor} in {path.name}"
             checked += 1
     assert checked >= 40
+
+
+def test_every_test_file_a_document_names_exists() -> None:
+    """Documents, code comments and the nox sessions name test files by path; a file moved to
+    another group folder (tests/unit/, tests/e2e/, tests/system/) must be followed there."""
+    pages = [ROOT / "README.md", ROOT / "noxfile.py", ROOT / "pyproject.toml", ASYNCAPI]
+    pages += sorted(DOCS.rglob("*.md")) + sorted((ROOT / "diagrams").glob("*.*"))
+    pages += sorted(PACKAGE.rglob("*.py")) + sorted((ROOT / "benchmarks").rglob("*.py"))
+    named = {
+        (page, path)
+        for page in pages
+        if page.suffix in {".md", ".py", ".toml", ".yaml", ".mmd"}
+        for path in re.findall(r"(?<![\w/])tests/[\w/]+\.py", _read(page))
+    }
+    assert len(named) >= 30, "the pattern no longer finds the test files the documents name"
+    missing = sorted(
+        f"{page.relative_to(ROOT)}: {path}" for page, path in named if not (ROOT / path).exists()
+    )
+    assert not missing, f"these name test files that do not exist: {missing}"

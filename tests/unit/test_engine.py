@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 from tests.support.engine import ScriptedSource, engine
 from tests.support.waits import eventually
@@ -19,14 +20,15 @@ def test_model_ids_are_unique_and_council_is_reserved() -> None:
     assert ids == ["qwen3-0_6b", "qwen3-0_6b-2", "council-2"]
 
 
-async def test_a_stalled_source_times_out_and_is_closed() -> None:
+async def test_a_stalled_source_times_out_and_is_closed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     stalling = ScriptedSource("slow", stall_after=2)
     eng, rec = engine(stalling, stall_timeout=0.2)
     async with trio.open_nursery() as nursery:
         await nursery.start(eng.run)
         (session,) = eng.submit("p")
-        await eventually(lambda: session.status != "streaming", 3)
-        await trio.sleep(0.05)
+        await eventually(lambda: session.completion_sent and stalling.closed, 3)
         eng.stop()
     assert session.status == "failed"
     assert session.tokens == ["a", "b"]
@@ -37,13 +39,15 @@ async def test_a_stalled_source_times_out_and_is_closed() -> None:
     assert len(final) == 1
 
 
-async def test_cancel_ends_the_session_with_is_complete() -> None:
+async def test_cancel_ends_the_session_with_is_complete(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     endless = ScriptedSource("endless", tokens=["x"] * 1000, gap=0.01)
     eng, rec = engine(endless)
     async with trio.open_nursery() as nursery:
         await nursery.start(eng.run)
         (session,) = eng.submit("p")
-        await trio.sleep(0.1)
+        await eventually(lambda: len(session.tokens) >= 5)
         eng.cancel(session.id)
         await eventually(lambda: session.completion_sent, 2)
         eng.stop()
@@ -63,12 +67,14 @@ async def test_unknown_models_are_refused() -> None:
         eng.stop()
 
 
-async def test_an_unavailable_model_is_announced_once_and_rechecked() -> None:
+async def test_an_unavailable_model_is_announced_once_and_rechecked(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     flaky = ScriptedSource("flaky", down=True)
     eng, rec = engine(ScriptedSource("demo"), flaky, check_interval=0.05)
     async with trio.open_nursery() as nursery:
         await nursery.start(eng.run)
-        await trio.sleep(0.3)  # several re-checks while it is down
+        await trio.sleep(0.3)  # the scenario: six re-checks while it is down (virtual time)
         assert eng.models["flaky"].status == "unavailable"
         flaky.down = False
         await eventually(lambda: eng.models["flaky"].status == "ready", 2)
@@ -84,7 +90,8 @@ async def test_analysis_is_shed_after_an_over_budget_frame() -> None:
     rec.slow_frames = {5, 6, 7}
     async with trio.open_nursery() as nursery:
         await nursery.start(eng.run)
-        await trio.sleep(0.5)
+        # Real time: the slow frames really overrun (Recorder.publish_frame blocks the thread).
+        await eventually(lambda: rec.frames > max(rec.slow_frames) + 3)
         eng.stop()
     assert eng.overruns >= 1
     # Every over-budget frame makes the next one shed its analysis (skipped frames too).

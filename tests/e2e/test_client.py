@@ -270,10 +270,13 @@ async def test_heartbeats_are_answered(server: RunningServer) -> None:
     events: list[Event] = []
     async with connect(server.ws_url, backoff=FAST) as client, trio.open_nursery() as nursery:
         nursery.start_soon(drain, client, events)
-        await trio.sleep(2.5)
-        clients = (await status(server))["clients"]
-        assert len(clients) == 1
-        assert clients[0]["heartbeatRoundTrip"]["samples"] > 0
+
+        async def a_heartbeat_was_answered() -> bool:
+            clients = (await status(server))["clients"]
+            assert len(clients) == 1
+            return bool(clients[0]["heartbeatRoundTrip"]["samples"] > 0)
+
+        await eventually(a_heartbeat_was_answered, 10)
         nursery.cancel_scope.cancel()
 
 
@@ -377,7 +380,7 @@ async def test_aclose_is_a_normal_close_and_never_reconnects(server: RunningServ
         assert client.state is S.CLOSED
         async for _ in client:  # what was buffered, then the end
             pass
-        await trio.sleep(0.3)
+        await trio.sleep(0.3)  # the scenario: time for a reconnect that must not come
         assert S.RECONNECTING not in states_entered(client)
         assert client.attempts == 1
         with pytest.raises(ClientClosed):

@@ -30,6 +30,7 @@ import trio
 
 from tests.support.commands import PEER_PROCESS
 from tests.support.server import RunningServer, stalled_client, start_server, test_settings
+from tests.support.waits import eventually
 from wirthforge_trio.config import Settings
 
 PEER = PEER_PROCESS
@@ -134,7 +135,10 @@ async def start_generation(server: RunningServer, models: list[str]) -> None:
     async with server.http() as http:
         response = await http.post("/prompt", json={"prompt": "keep talking", "models": models})
     assert response.status_code == 202, response.text
-    await trio.sleep(0.7)  # tokens are flowing: the signal comes mid-stream
+    # The signal comes mid-stream: once every session has streamed a few tokens.
+    sessions = server.app.wirthforge.engine.decipher.sessions
+    ids = [s["sessionId"] for s in response.json()["sessions"]]
+    await eventually(lambda: all(len(sessions[i].tokens) >= 3 for i in ids))
 
 
 async def test_a_killed_peer_is_cleaned_up_at_once(nursery: trio.Nursery) -> None:
@@ -195,11 +199,7 @@ async def test_a_half_open_connection_that_never_reads_is_dropped(nursery: trio.
     stream = await stalled_client(port)
     local_port = stream.socket.getsockname()[1]
     hub = server.app.wirthforge.hub
-    with trio.fail_after(5):
-        while True:
-            if len(hub):
-                break
-            await trio.sleep(0.02)
+    await eventually(lambda: len(hub) > 0)
     (connection,) = list(hub)
     peer = Peer(process=None, connection_id=connection.id, local_port=local_port)
     await start_generation(server, ["demo", "demo:b"])

@@ -10,6 +10,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 import wirthforge_trio
 from tests.support.commands import ROOT
+from tests.support.waits import eventually
 from wirthforge_trio.contract.events import ErrorEvent, ErrorPayload
 
 
@@ -58,7 +59,9 @@ async def test_running_publishes_and_leaving_it_closes_clients_with_1001() -> No
                     ),
                 )
             )
-            await trio.sleep(0.2)
+            await eventually(
+                lambda: any("APP_NOTICE" in text for text in received),
+                what="the published event to reach the client",
+            )
         # Leaving the block shut the server down under the connected client.
-    assert any("APP_NOTICE" in text for text in received)
     assert codes == [1001]

@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from tests.support.fake_runtimes import FakeOllama, Script
-from tests.support.server import CheckedClient, RunningServer, start_server, test_settings
+from tests.support.server import CheckedClient, RunningServer, serving, test_settings
 from wirthforge_trio.sources.demo import DemoSource
 
 PROMPT = 'privacy-canary-7c21: my PIN is 4921, read "Élodie\'s diary" aloud'
@@ -189,18 +189,15 @@ def assert_frames_carry_no_text(frames: list[dict[str, Any]], model_ids: set[str
         assert texts == set(), f"{frame['type']} carries text: {texts}"
 
 
-async def test_a_council_run_logs_no_prompt_or_token_text(nursery: trio.Nursery) -> None:
+async def test_a_council_run_logs_no_prompt_or_token_text() -> None:
+    settings = test_settings(log_level="DEBUG", models=("demo", "demo:b"), demo_speed=3.0)
     with everything_at_debug() as capture:
-        server = await start_server(
-            nursery, test_settings(log_level="DEBUG", models=("demo", "demo:b"), demo_speed=3.0)
-        )
-        async with server.connect() as client:
-            await client.receive_type("startup_complete")
-            await client.receive_type("heartbeat")
-            capture.mark = len(capture.lines)
-            tokens, frames, errors = await run_council(server, client, ["demo", "demo:b"])
-        server.stop.set()
-        await trio.sleep(0.2)  # the shutdown's records too
+        async with serving(settings) as server:  # left once the server stopped: its records too
+            async with server.connect() as client:
+                await client.receive_type("startup_complete")
+                await client.receive_type("heartbeat")
+                capture.mark = len(capture.lines)
+                tokens, frames, errors = await run_council(server, client, ["demo", "demo:b"])
     assert tokens == {
         "demo": DemoSource(seed=0, name="demo").tokens_for(PROMPT),
         "demo-b": DemoSource(seed=0, name="demo:b").tokens_for(PROMPT),
@@ -224,23 +221,19 @@ async def test_a_failing_runtime_in_the_council_logs_no_prompt(nursery: trio.Nur
     )
     ollama = FakeOllama({"echo": script})
     await nursery.start(ollama.serve)
+    settings = test_settings(
+        log_level="DEBUG",
+        models=("demo", "ollama:echo"),
+        ollama_url=ollama.base_url,
+        demo_speed=3.0,
+    )
     with everything_at_debug() as capture:
-        server = await start_server(
-            nursery,
-            test_settings(
-                log_level="DEBUG",
-                models=("demo", "ollama:echo"),
-                ollama_url=ollama.base_url,
-                demo_speed=3.0,
-            ),
-        )
-        async with server.connect() as client:
-            await client.receive_type("startup_complete")
-            await client.receive_type("heartbeat")
-            capture.mark = len(capture.lines)
-            tokens, frames, errors = await run_council(server, client, ["demo", "echo"])
-        server.stop.set()
-        await trio.sleep(0.2)
+        async with serving(settings) as server:  # left once the server stopped: its records too
+            async with server.connect() as client:
+                await client.receive_type("startup_complete")
+                await client.receive_type("heartbeat")
+                capture.mark = len(capture.lines)
+                tokens, frames, errors = await run_council(server, client, ["demo", "echo"])
     generate = [r for r in ollama.requests if r.path == "/api/generate"]
     assert generate and generate[-1].body["prompt"] == PROMPT, "the runtime got the prompt"
     assert "".join(tokens["echo"]) == "".join(script.tokens[:5]), "kept what arrived"

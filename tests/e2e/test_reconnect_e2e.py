@@ -11,6 +11,7 @@ import trio
 
 from tests.support.proxy import TcpProxy
 from tests.support.server import start_server, test_settings
+from tests.support.waits import eventually
 from wirthforge_trio.client import Backoff, ConnectionState, connect
 from wirthforge_trio.contract.events import TokenStream
 from wirthforge_trio.sources.demo import DemoSource
@@ -78,12 +79,12 @@ async def test_200_connect_resume_cycles_leak_nothing(nursery: trio.Nursery) -> 
 
     for _ in range(20):  # warm up caches and lazily created objects
         await cycle()
-    await trio.sleep(0.3)
+    await eventually(lambda: len(hub) == 0, what="the warm-up connections to leave the hub")
     fds, tasks = _open_fds(), _tasks()
     for _ in range(200):
         await cycle()
     with trio.fail_after(5):
         await hub.close_all(1000, "done")  # returns once every connection has gone
-    await trio.sleep(0.3)
-    assert _open_fds() <= fds + 3, "open file descriptors grew"
-    assert _tasks() <= tasks + 3, "tasks grew"
+    # Their sockets and tasks end just after: a leak is what is still there after 5 s.
+    await eventually(lambda: _open_fds() <= fds + 3, what="open file descriptors to shrink back")
+    await eventually(lambda: _tasks() <= tasks + 3, what="tasks to shrink back")

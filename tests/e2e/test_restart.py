@@ -25,6 +25,7 @@ from trio_websocket import ConnectionClosed
 from tests.support.commands import BIN, ROOT
 from tests.support.network import free_port, port_is_free
 from tests.support.server import CheckedClient, RunningServer, stalled_client, test_settings
+from tests.support.waits import eventually
 from wirthforge_trio.config import DEFAULT_PORT, FALLBACK_PORT, Settings
 from wirthforge_trio.server import SHUTDOWN_DEADLINE, serve
 from wirthforge_trio.sources.demo import DemoSource
@@ -115,7 +116,9 @@ async def test_stopping_mid_generation_closes_every_client_with_1001(
         async with server.running.http() as http:
             response = await http.post("/prompt", json={"prompt": prompt, "models": list(COUNCIL)})
             assert response.status_code == 202
-        await trio.sleep(1.5)  # both models are mid-answer
+        sessions = server.running.app.wirthforge.engine.decipher.sessions
+        ids = [s["sessionId"] for s in response.json()["sessions"]]
+        await eventually(lambda: all(len(sessions[i].tokens) >= 3 for i in ids))  # mid-answer
         with trio.fail_after(EXIT_BOUND + 5):
             server.stop()
             await server.exited.wait()
@@ -143,13 +146,19 @@ async def test_stopping_with_a_stalled_client_still_exits_in_time(nursery: trio.
     )
     port = int(server.running.url.rsplit(":", 1)[1])
     stalled = await stalled_client(port)
+
+    async def stalled_backs_up() -> bool:
+        async with server.running.http() as http:
+            clients = (await http.get("/status")).json()["clients"]
+        return any(c["queuedBytes"] > 1000 for c in clients)  # a reader's queue stays short
+
     try:
         async with server.running.connect() as client:
             await client.receive_type("startup_complete")
             server.running.app.wirthforge.engine.submit(
                 "fill the stalled buffers", ["demo", "demo-b"]
             )
-            await trio.sleep(2.0)  # the stalled client's buffers are full by now
+            await eventually(stalled_backs_up, 15)  # its buffers are full: its messages queue
             server.stop()
             _, code = await tokens_until_closed(client)
             with trio.move_on_after(EXIT_BOUND + 1):

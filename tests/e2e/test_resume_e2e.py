@@ -11,6 +11,7 @@ from typing import Any
 import trio
 
 from tests.support.server import CheckedClient, RunningServer, start_server, test_settings
+from tests.support.waits import eventually
 from wirthforge_trio.sources.demo import DemoSource
 
 
@@ -55,7 +56,9 @@ async def test_resume_returns_exactly_the_missing_tokens(nursery: trio.Nursery) 
     held = len(tokens)
     await cm.__aexit__(None, None, None)  # gone, with the generation still running
 
-    await trio.sleep(0.5)  # the model goes on writing while nobody listens
+    # The model goes on writing while nobody listens: until it wrote a few tokens more.
+    written = server.app.wirthforge.engine.decipher.sessions[session_id].tokens
+    await eventually(lambda: len(written) >= held + 3)
     cm, second = await open_resuming(
         server,
         {
@@ -90,7 +93,8 @@ async def test_a_session_started_while_away_is_replayed_whole(nursery: trio.Nurs
     prompt = "while you were away"
     async with server.http() as http:
         (session,) = (await http.post("/prompt", json={"prompt": prompt})).json()["sessions"]
-    await trio.sleep(0.3)
+    written = server.app.wirthforge.engine.decipher.sessions[session["sessionId"]].tokens
+    await eventually(lambda: len(written) >= 3)  # it started while the client was away
     cm, second = await open_resuming(
         server,
         {"serverInstance": snapshot["payload"]["serverInstance"], "lastFrame": last_frame},

@@ -4,7 +4,8 @@ and clients for it: schema-checking WebSocket clients, and a raw one that never 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
@@ -113,6 +114,18 @@ async def start_server(nursery: trio.Nursery, settings: Settings) -> RunningServ
         )
     )
     return RunningServer(url=server.url, app=app, settings=settings, stop=stop)
+
+
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[RunningServer]:
+    """The real server for the length of the block; leaving the block stops it and returns
+    once serve() has returned, its shutdown's work (and log records) done."""
+    async with trio.open_nursery() as nursery:
+        running = await start_server(nursery, settings)
+        try:
+            yield running
+        finally:
+            running.stop.set()
 
 
 RAW_HANDSHAKE = (

@@ -3,22 +3,32 @@ the machine is shared and noisy, so a test waits for the event it needs, never f
 
 from __future__ import annotations
 
+import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
 POLL_SECONDS = 0.02
 
 
-async def eventually(predicate: Callable[[], bool], seconds: float = 5.0) -> None:
-    """Poll ``predicate()`` (state that offers no event of its own) until it holds; fail the
-    test after ``seconds``."""
-    with trio.fail_after(seconds):
+async def eventually(
+    predicate: Callable[[], bool] | Callable[[], Awaitable[bool]],
+    seconds: float = 5.0,
+    what: str = "",
+) -> None:
+    """Poll ``predicate()`` (state that offers no event of its own; an async predicate may ask
+    the server, e.g. ``/status``) until it holds; fail the test after ``seconds``, naming
+    ``what`` was awaited."""
+    with trio.move_on_after(seconds):
         while True:
-            if predicate():
+            holds = predicate()
+            if inspect.isawaitable(holds):
+                holds = await holds
+            if holds:
                 return
             await trio.sleep(POLL_SECONDS)
+    raise AssertionError(f"timed out after {seconds} s waiting for {what or predicate}")
 
 
 def wait_until(predicate: Callable[[], bool], seconds: float, what: str) -> None:

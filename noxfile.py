@@ -87,9 +87,9 @@ def soak(session: nox.Session) -> None:
     session.run(
         "pytest",
         "-q",
-        "tests/test_fuzz.py",
-        "tests/test_churn.py",
-        "tests/test_slow_consumers.py",
+        "tests/e2e/test_fuzz.py",
+        "tests/e2e/test_churn.py",
+        "tests/e2e/test_slow_consumers.py",
         *session.posargs,
         env={"WIRTHFORGE_SOAK": "1"},
     )

@@ -12,9 +12,9 @@ Then, from the repository root::
 
 The Mermaid CLI drives Debian's Chromium (``/usr/bin/chromium``, or ``--chromium PATH``)
 through puppeteer, headless. After rendering, the script writes an XML comment
-``<!-- source-sha256: HEX -->`` right after the SVG's opening tag. tests/test_docs.py compares
-that hash with the current source, so an SVG that was not re-rendered after an edit fails the
-tests (file times cannot tell: a git clone gives every file the checkout time).
+``<!-- source-sha256: HEX -->`` right after the SVG's opening tag. tests/system/test_docs.py
+compares that hash with the current source, so an SVG that was not re-rendered after an edit
+fails the tests (file times cannot tell: a git clone gives every file the checkout time).
 """
 
 from __future__ import annotations

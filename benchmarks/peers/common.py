@@ -3,7 +3,8 @@
 The shapes were captured from a running ``hypercorn -k trio wirthforge_trio.app:app`` (idle,
 default demo model) and are kept below as ``CAPTURED``; the builders produce the same fields in
 the same order, compact, within a few bytes of the same size, with the frame number, sequence
-and timestamps filled in. ``tests/test_bench.py`` checks the shapes against the live server's.
+and timestamps filled in. ``tests/system/test_bench.py`` checks the shapes against the live
+server's.
 """
 
 from __future__ import annotations

@@ -23,10 +23,10 @@ from typing import Any
 import httpx
 import trio
 
+from tests.support.real_runtime import Llama, start_llama, start_wirthforge
 from wirthforge_trio.config import Settings
 
 from . import build_runtime
-from .conftest import Llama, start_llama, start_wirthforge
 
 PROMPT = "Write a long story about a lighthouse keeper and the sea, in many chapters."
 TOP_LOGPROBS = 10  # what the OpenAI-compatible source asks for

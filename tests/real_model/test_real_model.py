@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import trio
 
+from tests.support.real_runtime import Llama, needs_runtime, start_llama, start_wirthforge
+from tests.support.server import CheckedClient, RunningServer, test_settings
+from tests.support.waits import eventually
 from wirthforge_trio.engine import energy, runtime
 from wirthforge_trio.sources.openai import OpenAISource
-
-from ..conftest import CheckedClient, RunningServer, test_settings
-from .conftest import Llama, needs_runtime, start_llama, start_wirthforge, wait_until
 
 pytestmark = [pytest.mark.real_model, needs_runtime]
 
@@ -71,7 +71,7 @@ async def test_the_text_on_the_socket_is_the_runtimes_own_answer(
     async def counted() -> bool:
         return await llama.metric("tokens_predicted_total") > predicted
 
-    await wait_until(counted, what="the runtime's count of the answer")
+    await eventually(counted, 30.0, what="the runtime's count of the answer")
     assert await llama.metric("tokens_predicted_total") - predicted == 48, "it got the bound"
     own = await llama.answer(PROMPT, 48)
     expected = own["choices"][0]["message"]["content"]
@@ -156,12 +156,14 @@ async def test_a_frozen_runtime_times_out_then_comes_back(
             _, seen = await read_sessions(client, {session["sessionId"]})
         codes = [m["payload"]["code"] for m in seen if m["type"] == "error_event"]
         assert codes == ["MODEL_TIMEOUT"]
-        await wait_until(lambda: _status(server, "degraded"), what="unavailable after the check")
+        await eventually(
+            lambda: _status(server, "degraded"), 30.0, what="unavailable after the check"
+        )
         refused = await post(server, {"prompt": PROMPT}, status=503)
         assert llama.base_url in refused["error"]
     finally:
         llama.signal(signal.SIGCONT)
-    await wait_until(lambda: _status(server, "ok"), seconds=60, what="ready again")
+    await eventually(lambda: _status(server, "ok"), 60.0, what="ready again")
     await post(server, {"prompt": PROMPT, "maxTokens": 8})
     server.stop.set()
 
@@ -187,7 +189,7 @@ async def test_cancelling_makes_the_runtime_stop_generating(
     async def idle() -> bool:
         return not any(s["is_processing"] for s in await llama.slots())
 
-    await wait_until(idle, what="the runtime's slots idle")
+    await eventually(idle, 30.0, what="the runtime's slots idle")
     decoded = await llama.metric("n_decode_total")
     await trio.sleep(1.0)  # a generation still running would add about 100 steps here
     assert await llama.metric("n_decode_total") == decoded, "the runtime still generates"

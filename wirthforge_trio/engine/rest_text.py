@@ -60,7 +60,7 @@ class RestFrameText:
     def render(self, timestamp: int, frame_number: int, processing_ns: int) -> str:
         """The text :func:`~wirthforge_trio.contract.codec.encode` gives for this frame's
         energy_update, with ``processing_ns`` cut to the 0.1 µs the codec keeps and to the
-        frame budget (``tests/test_clock_and_decipher.py`` checks that they agree, for every
+        frame budget (``tests/unit/test_clock_and_decipher.py`` checks that they agree, for every
         processing time that can be sent)."""
         before, between, payload, after = self._pieces
         whole, fraction = divmod(min(processing_ns // _UNIT_NS, _MAX_UNITS), 10_000)

@@ -1,0 +1,1 @@
+"""Unit tests: no sockets, no server processes; Trio's MockClock where time is the subject."""

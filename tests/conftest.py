@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,7 @@ from wirthforge_trio.contract import schema as project_schema
 from wirthforge_trio.contract.events import STANDARD_EVENTS
 from wirthforge_trio.server import serve
 from wirthforge_trio.transport.connection import Connection
+from wirthforge_trio.transport.fastpath import DirectSocket
 from wirthforge_trio.transport.hub import Hub
 
 PUBLISHED_SCHEMA_PATH = (
@@ -136,8 +138,18 @@ class StepCounter(trio.abc.Instrument):
         self.steps[task.name] = self.steps.get(task.name, 0) + 1
 
 
+ORDINARY_PATH_FORCED = os.environ.get("WIRTHFORGE_DIRECT_WRITES", "").strip() == "0"
+"""The run proves the ordinary path (nox's session with ``WIRTHFORGE_DIRECT_WRITES=0``)."""
+
+needs_fast_path = pytest.mark.skipif(
+    ORDINARY_PATH_FORCED, reason="checks the fast path; WIRTHFORGE_DIRECT_WRITES=0 forces ASGI"
+)
+
+
 def test_settings(**overrides: Any) -> Settings:
     base: dict[str, Any] = {"port": 0, "demo_speed": 3.0, "log_level": "WARNING"}
+    if ORDINARY_PATH_FORCED:
+        base["direct_writes"] = False  # nox's session for the ordinary path
     base.update(overrides)
     return Settings(**base)
 
@@ -160,13 +172,12 @@ async def start_server(nursery: trio.Nursery, settings: Settings) -> RunningServ
 def lane_due(connection: Connection) -> bool:
     """Whether the hub may write a whole frame to this connection with nothing else looked
     at, from the state of its parts (the socket's from the full look, not its switch)."""
-    direct = connection.direct
+    port = connection.port
     return (
-        direct is not None
-        and direct.raw_socket is not None
-        and direct.shares_framing
-        and direct._followed
-        and direct.state_allows_writes()
+        isinstance(port, DirectSocket)
+        and port.shares_framing
+        and port._followed
+        and port.state_allows_writes()
         and connection.mailbox.writer_parked  # the writer sleeps with nothing to send
         and connection._closing is None
         and connection.protocol.wants_everything
@@ -183,8 +194,8 @@ def lanes_checked(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
 
     def checking(self: Hub, frame: Any) -> None:
         for connection in self:
-            assert (connection.frame_socket is not None) == lane_due(connection)
-            open_lanes[0] += connection.frame_socket is not None
+            assert (connection.frame_lane is not None) == lane_due(connection)
+            open_lanes[0] += connection.frame_lane is not None
         publish(self, frame)
 
     monkeypatch.setattr(Hub, "_publish_frame", checking)

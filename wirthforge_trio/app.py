@@ -52,12 +52,10 @@ from .security import (
 )
 from .sources import make_source
 from .sources.base import ModelSource
-from .transport.asgi import LeanASGIWebsocketConnection, LeanWebsocket
+from .transport import fastpath
 from .transport.connection import Connection
-from .transport.direct import DirectSocket
 from .transport.heartbeats import HeartbeatSweep
 from .transport.hub import Hub
-from .transport.parse_faults import answer_parse_faults
 from .worker import wait_without_polling
 
 log = logging.getLogger("wirthforge_trio")
@@ -96,10 +94,10 @@ class ServerState:
 
 class WirthforgeApp(QuartTrio):
     """QuartTrio that explains itself when started on an asyncio server instead of crashing,
-    with a lean WebSocket send path (:mod:`wirthforge_trio.transport.asgi`)."""
+    with a lean WebSocket send path (:mod:`wirthforge_trio.transport.fastpath`)."""
 
-    websocket_class = LeanWebsocket
-    asgi_websocket_class = LeanASGIWebsocketConnection
+    websocket_class = fastpath.LeanWebsocket
+    asgi_websocket_class = fastpath.LeanASGIWebsocketConnection
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -191,6 +189,18 @@ def _socket_addresses(scope: Any) -> tuple[tuple[str, int], tuple[str, int]] | N
     return None
 
 
+def _port_counters(connection: Connection) -> dict[str, int | None]:
+    """A connection's fast-path counters for ``/status`` (None on the ordinary path)."""
+    port = connection.port
+    if port.path != "direct":
+        return {"directWrites": None, "receivedInline": None, "directReads": None}
+    return {
+        "directWrites": port.messages_written,
+        "receivedInline": connection.received_inline,
+        "directReads": port.messages_read,
+    }
+
+
 def _error(
     status: int,
     message: str,
@@ -273,6 +283,8 @@ def create_app(
             state.tier,
             int(engine.clock.rate),
         )
+        send_path = fastpath.gate(settings.direct_writes)
+        log.info("send path: %s (%s)", send_path.path, send_path.reason)
 
     @app.after_serving
     async def stop_engine() -> None:
@@ -401,11 +413,7 @@ def create_app(
         except BaseException:
             slot.release()
             raise
-        quart_websocket = websocket._get_current_object()  # type: ignore[attr-defined]
-        asgi_send = getattr(quart_websocket, "asgi_send", None)
-        direct = None
-        if settings.direct_writes and asgi_send is not None:
-            direct = DirectSocket.attach(asgi_send)
+        quart_websocket, port = fastpath.attach(settings.direct_writes)
         connection = Connection(
             quart_websocket,
             ConnectionProtocol(
@@ -423,12 +431,7 @@ def create_app(
             on_join=join,
             resume_wait=settings.resume_wait,
             max_backlog_bytes=settings.max_backlog_bytes,
-            direct=direct,
-        )
-        stop_answering_faults = (
-            None
-            if asgi_send is None
-            else answer_parse_faults(asgi_send, connection.note_parse_fault)
+            port=port,
         )
         startup = StartupComplete(
             timestamp=time.time_ns() // 1_000_000,
@@ -445,8 +448,6 @@ def create_app(
         try:
             await connection.run(encode(startup))
         finally:
-            if stop_answering_faults is not None:
-                stop_answering_faults()  # wsproto no longer refers to the connection
             # Cancelled by the server (shutdown) rather than closed: still say goodbye (1001).
             await connection.close_on_cancel()
             hub.remove(connection)
@@ -557,11 +558,14 @@ def create_app(
     @app.get("/status")
     async def status() -> Any:
         clock = engine.clock
+        send_path = fastpath.gate(settings.direct_writes)
         now = trio.current_time()
         return jsonify(
             {
                 "version": __version__,
                 "tier": state.tier,
+                "sendPath": send_path.path,
+                "sendPathReason": send_path.reason,
                 "connections": len(hub),
                 "frameRate": round(clock.measured_rate, 2),
                 "frameNumber": clock.frame_number,
@@ -585,9 +589,8 @@ def create_app(
                         "queued": c.mailbox.queued,
                         "queuedBytes": c.mailbox.queued_bytes,
                         "tooSlow": c.too_slow,
-                        "directWrites": c.messages_written_at_once,
-                        "receivedInline": None if c.direct is None else c.received_inline,
-                        "directReads": None if c.direct is None else c.direct.messages_read,
+                        "sendPath": c.port.path,
+                        **_port_counters(c),
                         "heartbeatRoundTrip": c.protocol.rtt_summary(),
                     }
                     for c in hub

@@ -1,6 +1,7 @@
-"""nox sessions: `nox` runs tests, lint and typecheck; `nox -s bench` the benchmark suite,
-`nox -s soak` the long reliability variants, `nox -s schema` and `nox -s diagrams` regenerate
-schemas/ and diagrams/*.svg."""
+"""nox sessions: `nox` runs tests, lint and typecheck, then the end-to-end tests again on the
+ordinary send path (`asgi_path`) and on the lowest releases pyproject.toml allows (`lowest`);
+`nox -s bench` the benchmark suite, `nox -s soak` the long reliability variants,
+`nox -s schema` and `nox -s diagrams` regenerate schemas/ and diagrams/*.svg."""
 
 from __future__ import annotations
 
@@ -10,7 +11,31 @@ import subprocess
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck"]
+E2E_TESTS = [
+    "tests/test_e2e.py",
+    "tests/test_direct.py",
+    "tests/test_backlog_e2e.py",
+    "tests/test_churn.py",
+    "tests/test_client.py",
+    "tests/test_commands.py",
+    "tests/test_council_e2e.py",
+    "tests/test_dead_peers.py",
+    "tests/test_embedding.py",
+    "tests/test_fuzz.py",
+    "tests/test_privacy.py",
+    "tests/test_reconnect_e2e.py",
+    "tests/test_restart.py",
+    "tests/test_resume_e2e.py",
+    "tests/test_security.py",
+    "tests/test_slow_consumers.py",
+    "tests/test_unicode.py",
+]
+"""The tests that start a real Hypercorn server and talk to it over loopback."""
+
+LOWEST_CONSTRAINTS = "constraints-lowest.txt"
+"""The lowest release of each dependency that pyproject.toml allows, pinned."""
+
+nox.options.sessions = ["tests", "lint", "typecheck", "asgi_path", "lowest"]
 nox.options.default_venv_backend = "venv"
 
 # 3.11 resolves quart-trio 0.12 with Quart 0.22; 3.13 resolves quart-trio 0.13 with Quart 0.23.
@@ -44,6 +69,27 @@ def tests(session: nox.Session) -> None:
         "print('quart', m.version('quart'), 'quart-trio', m.version('quart-trio'))",
     )
     session.run("pytest", *session.posargs)
+
+
+@nox.session(python="3.11")
+def asgi_path(session: nox.Session) -> None:
+    """The end-to-end tests with the fast path off: the ordinary ASGI send path, whole."""
+    session.install("-e", ".[test,bench]")
+    session.run("pytest", "-q", *E2E_TESTS, *session.posargs, env={"WIRTHFORGE_DIRECT_WRITES": "0"})
+
+
+@nox.session(python="3.11")
+def lowest(session: nox.Session) -> None:
+    """The end-to-end tests on the lowest releases pyproject.toml allows (pinned in
+    constraints-lowest.txt; raise a lower bound there and in pyproject.toml together)."""
+    session.install("-c", LOWEST_CONSTRAINTS, "-e", ".[test,bench]")
+    session.run(
+        "python",
+        "-c",
+        "import importlib.metadata as m; print(*(f'{p} {m.version(p)}' for p in "
+        "('trio', 'hypercorn', 'wsproto', 'quart', 'quart-trio')), sep=', ')",
+    )
+    session.run("pytest", "-q", *E2E_TESTS, *session.posargs)
 
 
 @nox.session(python="3.11")

@@ -798,7 +798,9 @@ async def test_an_untested_release_gets_the_ordinary_path_and_says_why(
     caplog.set_level(logging.INFO, logger="wirthforge_trio")
     gate = fastpath.gate(True)
     assert gate.path == "asgi" and "hypercorn 0.0.1" in gate.reason
-    server = await start_server(nursery, test_settings(log_level="INFO"))
+    # Direct writes asked for (also in the run that forces the ordinary path): the release
+    # alone closes the gate.
+    server = await start_server(nursery, test_settings(log_level="INFO", direct_writes=True))
     raw = await RawClient.open(server.port)
     await send_together(raw, pings(0, 5))
     await raw.read_for(0.5)

@@ -1,6 +1,7 @@
 """Hypercorn's trio worker waits for its supervisor's shutdown Event in a thread instead of
-checking it ten times a second (worker.py). Stopping through the supervisor, end to end, is
-in test_commands (SIGTERM to ``hypercorn -k trio``, clients told 1001)."""
+checking it ten times a second (``fastpath.patch_hypercorn_worker``). Stopping through the
+supervisor, end to end, is in test_commands (SIGTERM to ``hypercorn -k trio``, clients told
+1001)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pytest
 import trio
 
 import wirthforge_trio.app  # noqa: F401  (importing the app is what puts the wait in place)
-from wirthforge_trio.worker import wait_for_event, wait_without_polling
+from wirthforge_trio import worker
+from wirthforge_trio.transport.fastpath import patch_hypercorn_worker, wait_for_event
 
 from .conftest import StepCounter
 
@@ -63,11 +65,12 @@ async def test_a_cancelled_wait_returns_at_once() -> None:
 def test_importing_the_app_puts_the_wait_in_hypercorns_trio_worker(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    assert worker.wait_without_polling is patch_hypercorn_worker  # today's call site
     assert hypercorn.trio.run.check_multiprocess_shutdown_event is wait_for_event
     # A Hypercorn whose worker uses something else is left alone.
     other = object()
     monkeypatch.setattr(hypercorn.trio.run, "check_multiprocess_shutdown_event", other)
-    assert not wait_without_polling()
+    assert not patch_hypercorn_worker()
     assert hypercorn.trio.run.check_multiprocess_shutdown_event is other
     # Hypercorn's own function is replaced.
     monkeypatch.setattr(
@@ -75,5 +78,5 @@ def test_importing_the_app_puts_the_wait_in_hypercorns_trio_worker(
         "check_multiprocess_shutdown_event",
         hypercorn.utils.check_multiprocess_shutdown_event,
     )
-    assert wait_without_polling()
+    assert patch_hypercorn_worker()
     assert hypercorn.trio.run.check_multiprocess_shutdown_event is wait_for_event

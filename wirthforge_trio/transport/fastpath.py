@@ -66,7 +66,7 @@ log = logging.getLogger("wirthforge_trio.transport")
 TESTED: Final[Mapping[str, frozenset[str]]] = {
     "hypercorn": frozenset({"0.17.0", "0.18.0"}),
     "wsproto": frozenset({"1.2.0", "1.3.2"}),
-    "quart": frozenset({"0.19.0", "0.22.0", "0.23.1"}),
+    "quart": frozenset({"0.20.0", "0.22.0", "0.23.1"}),
     "quart-trio": frozenset({"0.12.0", "0.13.0"}),
 }
 """The releases the end-to-end tests passed on with the fast path: today's on Python 3.11

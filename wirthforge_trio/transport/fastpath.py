@@ -542,6 +542,10 @@ class DirectSocket:
             written = 0
         except OSError:
             written = -1
+        if written == len(data):  # the common case, without a further call
+            self.messages_written += messages
+            self.lane_messages += messages
+            return True
         if self._wrote(data, written, messages):
             self.lane_messages += messages
             return True

@@ -195,7 +195,7 @@ def _port_counters(connection: Connection) -> dict[str, int | None]:
     if port.path != "direct":
         return {"directWrites": None, "receivedInline": None, "directReads": None}
     return {
-        "directWrites": port.messages_written,
+        "directWrites": connection.messages_written_at_once,
         "receivedInline": connection.received_inline,
         "directReads": port.messages_read,
     }

@@ -92,6 +92,7 @@ class Connection:
         "close_code",
         "frame_lane",
         "heartbeats",
+        "lane_messages",
         "mailbox",
         "max_backlog_bytes",
         "opened_at",
@@ -133,9 +134,11 @@ class Connection:
         """(server, client) socket addresses: how a stuck connection is found at shutdown."""
         self.port: SocketPort = port if port is not None else OrdinaryPort()
         """The one way a message reaches the socket without the writer (docs/decisions.md)."""
-        self.frame_lane: SocketPort | None = None
-        """:attr:`port` while the hub may write a whole frame to it with nothing else looked
-        at; None whenever anything may stand in the way (:meth:`lane_changed`)."""
+        self.frame_lane: Callable[[bytes], int] | None = None
+        """The port's ``frame_send`` while the hub may write a whole frame with it, nothing
+        else looked at; None whenever anything may stand in the way (:meth:`lane_changed`)."""
+        self.lane_messages = 0
+        """Messages the hub wrote through :attr:`frame_lane`."""
         self._watchdog: trio.CancelScope | None = None
         """Set while the reader serves live messages: client messages may then be handled
         as they arrive (:meth:`take_inline`)."""
@@ -167,7 +170,7 @@ class Connection:
         the client's subscriptions (docs/decisions.md, "The frame lane")."""
         port = self.port
         self.frame_lane = (
-            port
+            port.frame_send
             if port.open_and_free
             and port.shares_framing
             and self.mailbox.writer_parked
@@ -175,6 +178,12 @@ class Connection:
             and self.protocol.wants_everything
             else None
         )
+
+    @property
+    def messages_written_at_once(self) -> int:
+        """Messages written to the socket without the writer: by the port, or by the hub
+        through the lane."""
+        return self.port.messages_written + self.lane_messages
 
     def must_flush(self) -> None:
         """The port cut a write short: the writer sends the rest (:meth:`_writer`)."""

@@ -329,12 +329,11 @@ class DirectSocket:
         "_lock",
         "_owner",
         "_pending",
-        "_raw_send",
         "_read",
         "_socket",
         "_undo_faults",
         "_ws",
-        "lane_messages",
+        "frame_send",
         "messages_read",
         "messages_written",
         "open_and_free",
@@ -350,7 +349,7 @@ class DirectSocket:
         self._socket = tcp_server.stream.socket
         # The standard socket's own send and fileno (C): -1 and an error once it is closed,
         # whatever number its descriptor had, as through Trio's wrapper.
-        self._raw_send = raw.send
+        self.frame_send: Callable[[bytes], int] | None = raw.send
         self._fileno = raw.fileno
         self._lock = _SendLock(self)
         self._owner: PortOwner = _NOBODY
@@ -373,8 +372,7 @@ class DirectSocket:
             except LookupError:
                 pass
         self.messages_written = 0
-        self.lane_messages = 0
-        """Messages of frames written whole, framed once for all (:meth:`write_frame`)."""
+        """Messages written by :meth:`write_now` (the owner counts its lane's)."""
         self.messages_read = 0
         self.socket_reads = 0
         """Reads from the socket made here rather than by Hypercorn's read loop."""
@@ -531,28 +529,10 @@ class DirectSocket:
             written = 0
         except OSError:
             written = -1
-        return self._wrote(data, written, len(texts))
+        return self.wrote(data, written, len(texts))
 
-    def write_frame(self, data: bytes, messages: int) -> bool:
-        """See :meth:`SocketPort.write_frame`: the caller has seen :attr:`open_and_free` (with
-        the framing shared) through its lane, so this is one ``send``."""
-        try:
-            written = self._raw_send(data)
-        except BlockingIOError:
-            written = 0
-        except OSError:
-            written = -1
-        if written == len(data):  # the common case, without a further call
-            self.messages_written += messages
-            self.lane_messages += messages
-            return True
-        if self._wrote(data, written, messages):
-            self.lane_messages += messages
-            return True
-        return False
-
-    def _wrote(self, data: bytes, written: int, messages: int) -> bool:
-        """Account for a write of ``data`` that took ``written`` bytes (-1: it failed)."""
+    def wrote(self, data: bytes, written: int, messages: int) -> bool:
+        """See :meth:`SocketPort.wrote` (also the end of :meth:`write_now`)."""
         if written == len(data):
             self.messages_written += messages
             return True

@@ -72,18 +72,27 @@ class Hub:
         number = frame.number
         debug = log.isEnabledFor(logging.DEBUG)
         data, messages = frame.data, len(frame.framed)
+        size = len(data)
         behind = []
         for connection in self._connections.values():
-            # The common case first, and as short as it can be: one look, one write. The lane
-            # is open only where the whole frame, framed once, is what the client takes.
-            lane = connection.frame_lane
-            if lane is None:
+            # The common case first, and as short as it can be: one look, one C-level send
+            # (the port's frame_send). The lane is open only where the whole frame, framed
+            # once, is what the client takes (docs/decisions.md, "The frame lane").
+            send = connection.frame_lane
+            if send is None:
                 if not connection.write_frame_now(frame, debug):
                     behind.append(connection)
                 continue
-            if not lane.write_frame(data, messages):
+            try:
+                written = send(data)
+            except BlockingIOError:
+                written = 0
+            except OSError:
+                written = -1  # the ordinary path meets the error and ends the connection
+            if written != size and not connection.port.wrote(data, written, 0):
                 behind.append(connection)  # nothing taken: it waits in the slot
                 continue
+            connection.lane_messages += messages
             if debug:
                 log.debug("connection %s sent frame %d", connection.id, number)
         # Clients that are behind get the frame in their slot only once every other client

@@ -49,6 +49,11 @@ class SocketPort(Protocol):
     """Messages this port wrote to the socket itself."""
     messages_read: int
     """Client messages parsed from the bytes read, beneath the server's own parsers."""
+    frame_send: Callable[[bytes], int] | None
+    """The frame lane's write: a standard socket's ``send``, for a whole frame framed once
+    for all, to be called only while :attr:`open_and_free` and :attr:`shares_framing` hold
+    (the owner's lane folds them in). A write it does not take whole is handed to
+    :meth:`wrote`. None where the port never writes."""
 
     @property
     def pending(self) -> bool:
@@ -61,9 +66,10 @@ class SocketPort(Protocol):
         """Write whole messages now if the socket is free (``framed``: the same texts framed
         once for every connection, or empty). False: nothing was written, queue them."""
 
-    def write_frame(self, data: bytes, messages: int) -> bool:
-        """Write a whole frame, framed once for all (``messages`` in it), while
-        :attr:`open_and_free` holds. False: nothing was written, leave it in the slot."""
+    def wrote(self, data: bytes, written: int, messages: int) -> bool:
+        """Account for a write of ``data`` through :attr:`frame_send` that took ``written``
+        bytes (-1: it failed), ``messages`` of them counted here. True: taken (the rest, if
+        any, goes out by :meth:`flush` first); False: nothing was, leave it in the slot."""
 
     async def flush(self) -> None:
         """Send the rest of a write cut short, then free the socket for other writes."""
@@ -85,6 +91,8 @@ class OrdinaryPort:
 
     __slots__ = ("_hooks", "_undo", "messages_read", "messages_written")
 
+    frame_send: Callable[[bytes], int] | None = None
+
     path: SendPath = "asgi"
     open_and_free = False
     shares_framing = False
@@ -103,7 +111,7 @@ class OrdinaryPort:
     def write_now(self, texts: Sequence[str], framed: Sequence[bytes]) -> bool:
         return False
 
-    def write_frame(self, data: bytes, messages: int) -> bool:
+    def wrote(self, data: bytes, written: int, messages: int) -> bool:
         return False
 
     async def flush(self) -> None:

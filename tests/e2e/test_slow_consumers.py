@@ -108,8 +108,10 @@ async def test_twenty_stalled_clients_cost_five_readers_nothing(nursery: trio.Nu
         for raw in result["sample"]:
             check_message(raw)
         assert result["texts"] == expected, "every reader gets the full text of every model"
-    assert min(rates) >= 55, f"readers got {rates} frames/s"
-    assert status["frameRate"] >= 55
+    # Relative to what the server produced meanwhile: a shared machine's load slows both
+    # alike, while a stalled client that cost the readers would show as a gap between them.
+    assert min(rates) >= 0.9 * status["frameRate"], f"readers got {rates} frames/s"
+    assert status["frameRate"] >= 45, "the stalled clients held up the frame clock"
     assert len(stalled_rows) == 20, "the stalled clients are still connected"
     assert all(c["framesReplaced"] > 0 for c in stalled_rows), "their frame slots replace"
     assert max(c["queued"] for c in stalled_rows) <= STALLED_QUEUE_BOUND

@@ -15,8 +15,8 @@ from tests.support.commands import wait_healthy
 from tests.support.network import free_port
 from tests.support.paths import ROOT
 from wirthforge_trio.config import Settings
+from wirthforge_trio.transport.fastpath import hypercorn_workers
 from wirthforge_trio.web.application import several_workers_refusal
-from wirthforge_trio.worker import hypercorn_workers
 
 BIN = Path(sys.executable).parent
 PASSWORD = "hunter2-not-for-logs"

@@ -4,12 +4,14 @@ and clients for it: schema-checking WebSocket clients, and a raw one that never 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
 import httpx
+import pytest
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
@@ -94,9 +96,20 @@ class connect_checked:
         return await self._cm.__aexit__(*exc)  # type: ignore[no-any-return]
 
 
+ORDINARY_PATH_FORCED = os.environ.get("WIRTHFORGE_DIRECT_WRITES", "").strip() == "0"
+"""The run proves the ordinary path (nox's session with ``WIRTHFORGE_DIRECT_WRITES=0``)."""
+
+needs_fast_path = pytest.mark.skipif(
+    ORDINARY_PATH_FORCED, reason="checks the fast path; WIRTHFORGE_DIRECT_WRITES=0 forces ASGI"
+)
+
+
 def test_settings(**overrides: Any) -> Settings:
-    """Settings for a test server: any free port, a fast demo model, quiet logs."""
+    """Settings for a test server: any free port, a fast demo model, quiet logs (and the
+    ordinary send path in the run that proves it)."""
     base: dict[str, Any] = {"port": 0, "demo_speed": 3.0, "log_level": "WARNING"}
+    if ORDINARY_PATH_FORCED:
+        base["direct_writes"] = False
     base.update(overrides)
     return Settings(**base)
 

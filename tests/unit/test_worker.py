@@ -1,6 +1,7 @@
 """Hypercorn's trio worker waits for its supervisor's shutdown Event in a thread instead of
-checking it ten times a second (worker.py). Stopping through the supervisor, end to end, is
-in test_commands (SIGTERM to ``hypercorn -k trio``, clients told 1001)."""
+checking it ten times a second (``fastpath.patch_hypercorn_worker``). Stopping through the
+supervisor, end to end, is in test_commands (SIGTERM to ``hypercorn -k trio``, clients told
+1001)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import hypercorn.utils
 import pytest
 import trio
 
-import wirthforge_trio.app  # noqa: F401  (importing the app is what puts the wait in place)
 from tests.support.instruments import StepCounter
-from wirthforge_trio.worker import wait_for_event, wait_without_polling
+from wirthforge_trio.transport import fastpath
+from wirthforge_trio.transport.fastpath import patch_hypercorn_worker, wait_for_event
 
 
 @pytest.mark.parametrize(
@@ -59,14 +60,13 @@ async def test_a_cancelled_wait_returns_at_once() -> None:
     event.set()  # lets the abandoned thread finish
 
 
-def test_importing_the_app_puts_the_wait_in_hypercorns_trio_worker(
+def test_the_patch_replaces_only_hypercorns_own_function(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert hypercorn.trio.run.check_multiprocess_shutdown_event is wait_for_event
     # A Hypercorn whose worker uses something else is left alone.
     other = object()
     monkeypatch.setattr(hypercorn.trio.run, "check_multiprocess_shutdown_event", other)
-    assert not wait_without_polling()
+    assert not patch_hypercorn_worker()
     assert hypercorn.trio.run.check_multiprocess_shutdown_event is other
     # Hypercorn's own function is replaced.
     monkeypatch.setattr(
@@ -74,5 +74,12 @@ def test_importing_the_app_puts_the_wait_in_hypercorns_trio_worker(
         "check_multiprocess_shutdown_event",
         hypercorn.utils.check_multiprocess_shutdown_event,
     )
-    assert wait_without_polling()
+    assert patch_hypercorn_worker()
     assert hypercorn.trio.run.check_multiprocess_shutdown_event is wait_for_event
+
+
+def test_only_a_worker_started_by_hypercorns_supervisor_is_patched() -> None:
+    """The entry module (``wirthforge_trio.app``) patches only where this holds; pytest's own
+    process was not started by Hypercorn (the patch in a real worker: test_commands)."""
+    assert not fastpath.in_hypercorn_worker()
+    assert fastpath.hypercorn_workers() is None

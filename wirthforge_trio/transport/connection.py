@@ -3,18 +3,17 @@
 The writer is the only task that awaits a send, so a client that stops reading blocks nothing
 but its own writer: the hub keeps offering frames to its size-1 slot (replacing stale ones),
 and its lossless queue only grows by the text of the tokens being generated. While the writer
-sleeps with nothing queued, a new message skips the queue and is written to the socket at
-once, without a task switch (``direct.py``); anything that cannot go out at once waits in
-the mailbox as before, so the order is the same either way. A cancel scope
-around the nursery is the heartbeat watchdog: each answered heartbeat pushes its deadline
-forward, and when it expires the whole connection is cancelled and closed.
+sleeps with nothing queued, a new message skips the queue and is offered to the connection's
+:class:`~.port.SocketPort`, which writes it at once if it can; anything it does not take waits
+in the mailbox, so the order is the same either way (docs/decisions.md, "The send path").
+A cancel scope around the nursery is the heartbeat watchdog: each answered heartbeat pushes
+its deadline forward, and when it expires the whole connection is cancelled and closed.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import socket
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
@@ -44,9 +43,9 @@ from ..protocol.connection import (
     Reply,
     error_event,
 )
-from .direct import DirectSocket
 from .heartbeats import HeartbeatSweep
 from .mailbox import Frame, Mailbox
+from .port import OrdinaryPort, SocketPort
 
 log = logging.getLogger("wirthforge_trio.transport")
 
@@ -90,14 +89,15 @@ class Connection:
         "_received",
         "_watchdog",
         "addresses",
+        "client_close_code",
         "close_code",
-        "direct",
-        "frame_socket",
+        "frame_lane",
         "heartbeats",
         "lane_messages",
         "mailbox",
         "max_backlog_bytes",
         "opened_at",
+        "port",
         "protocol",
         "received_inline",
         "remote",
@@ -119,7 +119,7 @@ class Connection:
         resume_wait: float = 2.0,
         max_backlog_bytes: int = 1024 * 1024,
         addresses: tuple[tuple[str, int], tuple[str, int]] | None = None,
-        direct: DirectSocket | None = None,
+        port: SocketPort | None = None,
     ) -> None:
         self.websocket = websocket
         self.protocol = protocol
@@ -133,16 +133,16 @@ class Connection:
         self.max_backlog_bytes = max_backlog_bytes
         self.addresses = addresses
         """(server, client) socket addresses: how a stuck connection is found at shutdown."""
-        self.direct = direct
-        """The socket for messages written at once (None: every message goes the ASGI way)."""
-        self.frame_socket: socket.socket | None = None
-        """The socket a whole frame may be written to by the hub, with nothing else to look
-        at; None whenever anything may stand in the way (:meth:`_update_lane`)."""
+        self.port: SocketPort = port if port is not None else OrdinaryPort()
+        """The one way a message reaches the socket without the writer (docs/decisions.md)."""
+        self.frame_lane: Callable[[bytes], int] | None = None
+        """The port's ``frame_send`` while the hub may write a whole frame with it, nothing
+        else looked at; None whenever anything may stand in the way (:meth:`lane_changed`)."""
         self.lane_messages = 0
-        """Messages the hub wrote to :attr:`frame_socket`."""
+        """Messages the hub wrote through :attr:`frame_lane`."""
         self._watchdog: trio.CancelScope | None = None
         """Set while the reader serves live messages: client messages may then be handled
-        as they arrive (:meth:`_take_inline`)."""
+        as they arrive (:meth:`take_inline`)."""
         self._passed_on = 0
         self._received = 0
         self.received_inline = 0
@@ -150,14 +150,14 @@ class Connection:
         self.too_slow = False
         self._catch_up_bytes = 0
         self._closing: Close | None = None
-        if direct is not None:
-            direct.on_cut_short = self.mailbox.wake  # the writer sends the rest
-            direct.on_switch = self.mailbox.on_parking = self._update_lane
-            direct.receive_inline(self._take_inline)
+        self.mailbox.on_parking = self.lane_changed
+        self.port.start(self)
         self._nursery: trio.Nursery | None = None
         self._last_warning = -math.inf
         self.opened_at = trio.current_time()
         self.close_code: int | None = None
+        self.client_close_code: int | None = None
+        """The code of the client's own close frame, when it sent one (for the log)."""
 
     @property
     def id(self) -> str:
@@ -165,18 +165,17 @@ class Connection:
 
     # -- fan-out entry points (called by the hub, never block) ---------------------------------
 
-    def _update_lane(self) -> None:
-        """Work out :attr:`frame_socket` again. Each frame is written to every client whose
-        lane is open with nothing else looked at, so it is worked out here, whenever one of
-        the things it folds together changes: the socket's switch (``direct.py``), the
-        writer's parking, a close request, the client's subscriptions. It is open only
-        where :meth:`write_frame_now` would write the whole frame, framed once for all."""
-        direct = self.direct
-        self.frame_socket = (
-            direct.raw_socket
-            if direct is not None
-            and direct.open_and_free
-            and direct.shares_framing
+    def lane_changed(self) -> None:
+        """Work out :attr:`frame_lane` again (a :class:`~.port.PortOwner` duty). Invariant: it
+        is open exactly where :meth:`write_frame_now` would write the whole frame, framed once
+        for all, so it is worked out whenever one of the things it folds together changes: the
+        port's :attr:`~.port.SocketPort.open_and_free`, the writer's parking, a close request,
+        the client's subscriptions (docs/decisions.md, "The frame lane")."""
+        port = self.port
+        self.frame_lane = (
+            port.frame_send
+            if port.open_and_free
+            and port.shares_framing
             and self.mailbox.writer_parked
             and self._closing is None
             and self.protocol.wants_everything
@@ -184,21 +183,23 @@ class Connection:
         )
 
     @property
-    def messages_written_at_once(self) -> int | None:
-        """Messages written straight to the socket, by the hub or by :meth:`write_now` (None
-        without the direct path)."""
-        if self.direct is None:
-            return None
-        return self.direct.messages_written + self.lane_messages
+    def messages_written_at_once(self) -> int:
+        """Messages written to the socket without the writer: by the port, or by the hub
+        through the lane."""
+        return self.port.messages_written + self.lane_messages
+
+    def must_flush(self) -> None:
+        """The port cut a write short: the writer sends the rest (:meth:`_writer`)."""
+        self.mailbox.wake()
 
     def write_frame_now(self, frame: Frame, debug: bool = False) -> bool:
         """Write the frame at once if nothing is queued and the socket is free; False when it
         must wait in the latest-wins slot instead (:meth:`offer_frame`)."""
-        direct = self.direct
-        if direct is None or not self.mailbox.writer_parked or self._closing is not None:
+        if not self.mailbox.writer_parked or self._closing is not None:
             return False
+        port = self.port
         if self.protocol.wants_all(frame.channels):
-            written = direct.write_now(frame.texts, frame.framed)
+            written = port.write_now(frame.texts, frame.framed)
         else:
             wants, wants_models = self.protocol.wants, self.protocol.wants_models
             chosen = [
@@ -206,7 +207,7 @@ class Connection:
                 for i, (channel, models, _) in enumerate(frame.messages)
                 if wants(channel) and wants_models(models)
             ]
-            written = not chosen or direct.write_now(
+            written = not chosen or port.write_now(
                 [frame.texts[i] for i in chosen], [frame.framed[i] for i in chosen]
             )
         if written and debug:
@@ -220,10 +221,9 @@ class Connection:
     def _write_now(self, text: str) -> bool:
         """Write one message at once if nothing is queued ahead of it and the socket is free;
         False when it must go the ordinary way (the mailbox)."""
-        direct = self.direct
-        if direct is None or not self.mailbox.writer_parked or self._closing is not None:
+        if not self.mailbox.writer_parked or self._closing is not None:
             return False
-        return direct.write_now((text,), ())
+        return self.port.write_now((text,), ())
 
     def deliver(self, topic: str, text: str, event: Event) -> None:
         """Queue a lossless message if the client is subscribed to its topic and models."""
@@ -291,7 +291,7 @@ class Connection:
         """Close after what is already queued has been sent."""
         if self._closing is None:
             self._closing = Close(code, reason)
-            self._update_lane()
+            self.lane_changed()
             self.mailbox.wake()  # the writer drains the queue, then closes
 
     # -- the connection's life ----------------------------------------------------------------
@@ -316,12 +316,11 @@ class Connection:
             pass  # the client disconnected while we read or wrote: nobody is left to tell
         finally:
             self.heartbeats.leave(self)
-            if self.direct is not None:
-                self.direct.stop_receiving_inline()
-                # The lane stays closed from here on, and neither the socket nor the mailbox
-                # refers back to the connection (no reference cycle left to the collector).
-                self.frame_socket = None
-                self.direct.on_switch = self.mailbox.on_parking = _nothing
+            # The lane stays closed from here on, and neither the port nor the mailbox
+            # refers back to the connection (no reference cycle left to the collector).
+            self.port.detach()
+            self.frame_lane = None
+            self.mailbox.on_parking = _nothing
         if watchdog.cancelled_caught:
             log.info(
                 "connection %s missed heartbeats for %.1f s: closing",
@@ -362,7 +361,7 @@ class Connection:
                 self.close_code = code
 
     async def _reader(self, watchdog: trio.CancelScope) -> None:
-        """Take the client messages not handled as read (:meth:`_take_inline`)."""
+        """Take the client messages not handled as read (:meth:`take_inline`)."""
         protocol = self.protocol
         if protocol.awaiting_resume:
             # A resuming client speaks first; one that does not within the wait goes live as is.
@@ -372,7 +371,7 @@ class Connection:
                 self._handle(data, watchdog)
             for action in protocol.join():
                 self._apply(action)
-            self._update_lane()
+            self.lane_changed()
         try:
             self._watchdog = watchdog
             while protocol.closed is None:  # after a Close, the writer ends the connection
@@ -382,7 +381,7 @@ class Connection:
         finally:
             self._watchdog = None
 
-    def _take_inline(self, data: str | bytes | None) -> bool:
+    def take_inline(self, data: str | bytes | None) -> bool:
         """Handle a client message in the task that read it from the socket, when that keeps
         the order: the reader is live and every message passed on the ordinary way before
         has been received by it. False: pass it on (the reader takes it in turn)."""
@@ -408,7 +407,7 @@ class Connection:
         watchdog.deadline = math.inf if deadline is None else deadline
         for action in actions:
             self._apply(action)
-        self._update_lane()  # the message may have changed the subscriptions
+        self.lane_changed()  # the message may have changed the subscriptions
 
     def _apply(self, action: Action) -> None:
         if isinstance(action, Reply):
@@ -424,11 +423,11 @@ class Connection:
     async def _writer(self) -> None:
         mailbox = self.mailbox
         wants, wants_models = self.protocol.wants, self.protocol.wants_models
-        direct = self.direct
+        port = self.port
         while True:
             await mailbox.wait()
-            if direct is not None and direct.pending:
-                await direct.flush()  # the rest of a message written at once comes first
+            if port.pending:
+                await port.flush()  # the rest of a message written at once comes first
             while True:
                 while (text := mailbox.take_lossless()) is not None:
                     await self._send(text)
@@ -468,9 +467,12 @@ class Connection:
                 FRAME_BUDGET_MS,
             )
 
-    def note_parse_fault(self, code: int, reason: str) -> None:
-        """The client sent a frame that cannot be parsed: the close frame sent in answer
-        (``parse_faults.py``) carries ``code`` and ``reason``; the log says so too."""
+    def client_closed(self, code: int) -> None:
+        self.client_close_code = code
+
+    def parse_fault(self, code: int, reason: str) -> None:
+        """The client sent a frame that cannot be parsed: the close frame the port has sent in
+        answer carries ``code`` and ``reason``; the log says so too."""
         self.close_code = code
         log.warning(
             "connection %s sent a frame that cannot be parsed (%s); closing it with %d",

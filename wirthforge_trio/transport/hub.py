@@ -2,8 +2,8 @@
 
 Publishing never awaits, so no client, however slow, can hold up the frame clock or another
 client: a connection with nothing queued gets the message written to its socket at once
-(``direct.py``), any other finds it in its mailbox, where its writer picks it up at its own
-pace.
+by its port (``port.py``), any other finds it in its mailbox, where its writer picks it up
+at its own pace. Each frame reaches each socket through exactly one port call.
 """
 
 from __future__ import annotations
@@ -75,25 +75,23 @@ class Hub:
         size = len(data)
         behind = []
         for connection in self._connections.values():
-            # The common case first, and as short as it can be: one look, one write.
-            sock = connection.frame_socket
-            if sock is None:
+            # The common case first, and as short as it can be: one look, one C-level send
+            # (the port's frame_send). The lane is open only where the whole frame, framed
+            # once, is what the client takes (docs/decisions.md, "The frame lane").
+            send = connection.frame_lane
+            if send is None:
                 if not connection.write_frame_now(frame, debug):
                     behind.append(connection)
                 continue
             try:
-                written = sock.send(data)
+                written = send(data)
             except BlockingIOError:
                 written = 0
             except OSError:
                 written = -1  # the ordinary path meets the error and ends the connection
-            if written != size:
-                # Nothing taken, or only part: the direct path's rules apply (the rest of a
-                # frame cut short is sent by the writer; nothing taken waits in the slot).
-                direct = connection.direct
-                if direct is None or not direct.wrote(data, written, 0):
-                    behind.append(connection)
-                    continue
+            if written != size and not connection.port.wrote(data, written, 0):
+                behind.append(connection)  # nothing taken: it waits in the slot
+                continue
             connection.lane_messages += messages
             if debug:
                 log.debug("connection %s sent frame %d", connection.id, number)

@@ -19,7 +19,7 @@ import trio
 
 from ..contract.codec import encode
 from ..contract.events import TokenStream, TokenStreamPayload
-from .direct import text_frame
+from ..protocol.rfc6455 import text_frame
 
 _ONE_CHANNEL: dict[str, frozenset[str]] = {}
 """The channels of a frame of one message: made once, as building a set on every tick with
@@ -42,7 +42,7 @@ class Frame:
         """The wire texts of the messages, in order."""
         self.framed: tuple[bytes, ...]
         """Each message as an unmasked text frame, the same bytes for every connection without
-        extensions (``direct.py``)."""
+        extensions (``protocol/rfc6455.py``)."""
         self.data: bytes
         """The whole frame as written to a connection that takes all of it (:attr:`framed`
         joined once for all)."""
@@ -146,8 +146,8 @@ class Mailbox:
         self.on_parking: Callable[[], None] = lambda: None
         """Called after every change of :attr:`writer_parked` (the connection follows it)."""
         self.frames_offered = 0
-        """Frames put in the slot (a frame written at once, by the hub's lane or by
-        ``write_frame_now``, never reaches it: those count as the socket's writes)."""
+        """Frames put in the slot (a frame written at once by the connection's port never
+        reaches it: those count as the port's writes)."""
         self.frames_replaced = 0
         self.batches_merged = 0
         self.queued_bytes = 0

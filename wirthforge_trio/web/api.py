@@ -14,6 +14,8 @@ from quart import Blueprint, jsonify, request
 
 from ..engine.runtime import UnknownSessionError
 from ..security import RETRY_AFTER_SECONDS
+from ..transport import fastpath
+from ..transport.connection import Connection
 from ..version import __version__
 from .access import http_refusal
 from .errors import ErrorReply, json_error
@@ -211,16 +213,31 @@ async def health() -> Any:
     )
 
 
+def _port_counters(connection: Connection) -> dict[str, int | None]:
+    """A connection's fast-path counters for ``/status`` (None on the ordinary path)."""
+    port = connection.port
+    if port.path != "direct":
+        return {"directWrites": None, "receivedInline": None, "directReads": None}
+    return {
+        "directWrites": connection.messages_written_at_once,
+        "receivedInline": connection.received_inline,
+        "directReads": port.messages_read,
+    }
+
+
 @api.get("/status")
 async def status() -> Any:
     state = server_state()
     engine, hub = state.engine, state.hub
     clock = engine.clock
+    send_path = fastpath.gate(state.settings.direct_writes)
     now = trio.current_time()
     return jsonify(
         {
             "version": __version__,
             "tier": state.tier,
+            "sendPath": send_path.path,
+            "sendPathReason": send_path.reason,
             "connections": len(hub),
             "frameRate": round(clock.measured_rate, 2),
             "frameNumber": clock.frame_number,
@@ -244,9 +261,8 @@ async def status() -> Any:
                     "queued": c.mailbox.queued,
                     "queuedBytes": c.mailbox.queued_bytes,
                     "tooSlow": c.too_slow,
-                    "directWrites": c.messages_written_at_once,
-                    "receivedInline": None if c.direct is None else c.received_inline,
-                    "directReads": None if c.direct is None else c.direct.messages_read,
+                    "sendPath": c.port.path,
+                    **_port_counters(c),
                     "heartbeatRoundTrip": c.protocol.rtt_summary(),
                 }
                 for c in hub

@@ -29,11 +29,10 @@ from ..protocol.limits import RateLimit
 from ..security import AccessPolicy, BrowserPolicy, ConnectionLimiter
 from ..sources import make_source
 from ..sources.base import ModelSource
-from ..transport.asgi import LeanASGIWebsocketConnection, LeanWebsocket
+from ..transport import fastpath
 from ..transport.heartbeats import HeartbeatSweep
 from ..transport.hub import Hub
 from ..version import __version__
-from ..worker import hypercorn_workers, refuse_to_start
 from .access import access
 from .api import api
 from .errors import http_error, json_error
@@ -54,10 +53,10 @@ MAX_PROMPT_BODY: Final = 1024 * 1024
 
 class WirthforgeApp(QuartTrio):
     """QuartTrio that explains itself when started on an asyncio server instead of crashing,
-    with a lean WebSocket send path (:mod:`wirthforge_trio.transport.asgi`)."""
+    with a lean WebSocket send path (:mod:`wirthforge_trio.transport.fastpath`)."""
 
-    websocket_class = LeanWebsocket
-    asgi_websocket_class = LeanASGIWebsocketConnection
+    websocket_class = fastpath.LeanWebsocket
+    asgi_websocket_class = fastpath.LeanASGIWebsocketConnection
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -211,6 +210,8 @@ def create_app(
             state.tier,
             int(state.engine.clock.rate),
         )
+        send_path = fastpath.gate(settings.direct_writes)
+        log.info("send path: %s (%s)", send_path.path, send_path.reason)
         if settings.store_path is not None:
             log.info("resume log kept in %s", settings.store_path)
         if settings.broker is not None:
@@ -240,6 +241,26 @@ def create_app(
         )
 
     return app
+
+
+def refuse_to_start(message: str, *, status: int = 2) -> None:
+    """Stop this worker with ``message`` on stderr, printed once for all the workers of one
+    supervisor (docs/decisions.md, "One worker unless a broker"). Never returns."""
+    import multiprocessing
+    import socket
+
+    parent = multiprocessing.parent_process()
+    speaks = True
+    if parent is not None and fastpath.in_hypercorn_worker():
+        # The first worker to bind this abstract (Linux, no file) name speaks for all.
+        claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            claim.bind(f"\0wirthforge-refusal-{parent.pid}")
+        except OSError:
+            speaks = False
+    if speaks:
+        print(message, file=sys.stderr, flush=True)
+    os._exit(status)
 
 
 BROKER_AVAILABLE: Final = False
@@ -275,7 +296,7 @@ def app_from_environment() -> WirthforgeApp:
     ``WIRTHFORGE_*`` environment, and a one-line error naming the fix for a bad one."""
     try:
         settings = Settings.from_env()
-        refusal = several_workers_refusal(hypercorn_workers(), settings)
+        refusal = several_workers_refusal(fastpath.hypercorn_workers(), settings)
         if refusal is not None:
             refuse_to_start(refusal)
         configure_logging(settings.log_level)

@@ -7,7 +7,7 @@ from typing import Any
 
 from quart import Response, jsonify
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
-from werkzeug.routing.exceptions import WebsocketMismatch
+from werkzeug.routing import WebsocketMismatch
 
 from ..security import Refusal
 

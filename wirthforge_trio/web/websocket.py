@@ -13,9 +13,8 @@ from ..contract.codec import encode
 from ..contract.events import StartupComplete, StartupCompletePayload, wall_ms
 from ..protocol.connection import ConnectionProtocol
 from ..security import Slot, select_subprotocol
+from ..transport import fastpath
 from ..transport.connection import Connection
-from ..transport.direct import DirectSocket
-from ..transport.parse_faults import answer_parse_faults
 from ..version import __version__
 from .errors import ErrorReply, json_error, refuse
 from .state import ServerState, server_state
@@ -86,11 +85,7 @@ async def ws() -> Any:
     except BaseException:
         slot.release()
         raise
-    quart_websocket = websocket._get_current_object()  # type: ignore[attr-defined]
-    asgi_send = getattr(quart_websocket, "asgi_send", None)
-    direct = None
-    if settings.direct_writes and asgi_send is not None:
-        direct = DirectSocket.attach(asgi_send)
+    quart_websocket, port = fastpath.attach(settings.direct_writes)
     connection = Connection(
         quart_websocket,
         ConnectionProtocol(
@@ -108,15 +103,7 @@ async def ws() -> Any:
         on_join=state.join,
         resume_wait=settings.resume_wait,
         max_backlog_bytes=settings.max_backlog_bytes,
-        direct=direct,
-    )
-    client_close: list[int] = []  # the code of the client's close frame, for the log
-    stop_answering_faults = (
-        None
-        if asgi_send is None
-        else answer_parse_faults(
-            asgi_send, connection.note_parse_fault, on_close=client_close.append
-        )
+        port=port,
     )
     # The count includes this connection (and any still awaiting resume).
     log.info(
@@ -128,23 +115,21 @@ async def ws() -> Any:
     try:
         await connection.run(encode(_startup(state)))
     finally:
-        if stop_answering_faults is not None:
-            stop_answering_faults()  # wsproto no longer refers to the connection
         closed_by_server = connection.close_code
         # Cancelled by the server (shutdown) rather than closed: still say goodbye (1001).
         await connection.close_on_cancel()
         hub.remove(connection)
         slot.release()
-        _log_closed(connection, None if closed_by_server is not None else client_close, state)
+        _log_closed(connection, closed_by_server is None, state)
     return None
 
 
-def _log_closed(connection: Connection, client_close: list[int] | None, state: ServerState) -> None:
-    if client_close:
+def _log_closed(connection: Connection, by_client: bool, state: ServerState) -> None:
+    if by_client and connection.client_close_code is not None:
         log.info(
             "connection %s closed by the client (code %s, %d open)",
             connection.id,
-            client_close[0],
+            connection.client_close_code,
             state.limiter.open,
         )
     else:

@@ -60,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
         help="hardware tier to report (default: detected)",
     )
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.add_argument(
+        "--broker",
+        help="redis://HOST:PORT: share one stream with every process on that Redis "
+        "(WIRTHFORGE_BROKER; needs the 'broker' extra)",
+    )
 
     watch = commands.add_parser("watch", help="follow a running server's stream")
     watch.add_argument("--url", default="ws://127.0.0.1:8145/ws", help="the server's WebSocket")
@@ -161,6 +166,7 @@ def _serve(args: argparse.Namespace) -> int:
         openai_url=args.openai_url,
         preload=args.preload,
         token=args.token,
+        broker=args.broker,
     )
     check_exposure(settings)
     explicit_port = args.port is not None or settings.port != DEFAULT_PORT

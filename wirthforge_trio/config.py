@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import attrs
 
+from .broker.url import BrokerURLError, parse_broker_url
 from .contract.events import Tier
 from .engine.energy import PROFILES
 from .sources import ModelSpecError, parse_model_spec
@@ -93,6 +94,9 @@ class Settings:
     demo_seed: int = 0
     demo_speed: float = 1.0
     log_level: str = "INFO"
+    broker: str | None = attrs.field(default=None, repr=False)
+    """``redis://HOST:PORT``: several processes, one stream (``broker/``); never logged with
+    its password (repr hides it)."""
 
     def __attrs_post_init__(self) -> None:
         if not self.models:
@@ -160,6 +164,11 @@ class Settings:
             raise SettingsError(f"port {self.port} is not between 0 (any free port) and 65535")
         if self.demo_speed <= 0:
             raise SettingsError("demo speed must be a positive factor (1 = real time)")
+        if self.broker is not None:
+            try:
+                parse_broker_url(self.broker)
+            except BrokerURLError as exc:
+                raise SettingsError(str(exc)) from None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -8,7 +8,8 @@ no duplicate.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 from ..contract.events import (
     Event,
@@ -23,11 +24,22 @@ from ..contract.events import (
     models_of,
     topic_of,
 )
-from .decipher import Decipher, Session
+from .decipher import Decipher, Logged, Session
 from .energy import EU_PER_TOKEN
 
 RESTARTED = "server restarted: this is another server instance; resynchronise from scratch"
 UNKNOWN = "not on this server (it restarted, or the session is past retention)"
+
+
+class Retained(Protocol):
+    """Where the sessions and history a client resumes from are kept: the Decipher itself in
+    one process, the stream's log on a broker (``broker/log.py``)."""
+
+    @property
+    def sessions(self) -> Mapping[str, Session]: ...
+
+    @property
+    def history(self) -> Iterable[Logged]: ...
 
 
 def catch_up(
@@ -39,16 +51,19 @@ def catch_up(
     wants: Callable[[Event], bool],
     channels: tuple[str, ...],
     subscribed_models: tuple[str, ...] | None,
+    retained: Retained | None = None,
 ) -> list[Event]:
-    """The snapshot, then the missed lossless events, then each session's missing tokens."""
+    """The snapshot, then the missed lossless events, then each session's missing tokens
+    (from ``retained``, the Decipher's own by default)."""
+    log: Retained = decipher if retained is None else retained
     same_server = resume.server_instance == server_instance
     resumed = same_server and resume.server_instance is not None
     reason = None
     if resume.server_instance is not None and not same_server:
         reason = RESTARTED
     held = {h.session_id: h for h in resume.sessions}
-    rows = [_row(session, resumable=True) for session in decipher.sessions.values()]
-    for session_id in held.keys() - decipher.sessions.keys():
+    rows = [_row(session, resumable=True) for session in log.sessions.values()]
+    for session_id in held.keys() - log.sessions.keys():
         rows.append(
             SnapshotSession(
                 session_id=session_id,
@@ -88,10 +103,10 @@ def catch_up(
     if resume.last_frame is not None:
         events.extend(
             logged.event
-            for logged in decipher.history
+            for logged in log.history
             if logged.frame_number > resume.last_frame and wants(logged.event)
         )
-    for session in decipher.sessions.values():
+    for session in log.sessions.values():
         batch = _missing_tokens(session, held.get(session.id), resume.last_frame, wall_ms)
         if batch is not None and wants(batch):
             events.append(batch)

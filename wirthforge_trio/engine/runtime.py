@@ -42,7 +42,7 @@ from ..sources.base import (
 from .clock import FrameClock
 from .decipher import COUNCIL_ID, Decipher, Retention, Session, model_error, model_id_for
 from .energy import EnergyProfile
-from .recovery import catch_up
+from .recovery import Retained, catch_up
 
 log = logging.getLogger("wirthforge_trio.engine")
 
@@ -144,6 +144,8 @@ class Engine:
         self.instance_id = f"i-{uuid.uuid4().hex[:16]}"
         """Tells this server run apart from any other (a restart makes a new one)."""
         self.publisher = publisher
+        self.resume_log: Retained | None = None
+        """Where resuming clients are caught up from; None: the Decipher (``broker/``)."""
         self.clock = FrameClock(frame_rate)
         self.first_token_timeout = first_token_timeout
         self.stall_timeout = stall_timeout
@@ -273,6 +275,7 @@ class Engine:
             wants=wants,
             channels=channels,
             subscribed_models=subscribed_models,
+            retained=self.resume_log,
         )
 
     # -- sessions -------------------------------------------------------------------------------

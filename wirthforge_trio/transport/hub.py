@@ -68,6 +68,15 @@ class Hub:
             self._publish_frame(Frame(number, (message,)))
         self.heartbeats.beat_due(trio.current_time())
 
+    def publish_frame_messages(
+        self, number: int, messages: tuple[tuple[str, tuple[str, ...], str], ...]
+    ) -> None:
+        """As :meth:`publish_frame_text`, for a frame of several encoded messages (a frame
+        merged with another process's energy, ``broker/frames.py``)."""
+        if self._connections:
+            self._publish_frame(Frame(number, messages))
+        self.heartbeats.beat_due(trio.current_time())
+
     def _publish_frame(self, frame: Frame) -> None:
         number = frame.number
         debug = log.isEnabledFor(logging.DEBUG)

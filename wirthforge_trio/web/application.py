@@ -9,13 +9,14 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import sniffio
 import trio
 from quart_trio import QuartTrio
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from ..broker.url import parse_broker_url
 from ..config import Settings, SettingsError, detect_tier
 from ..contract.close_codes import CLOSE_GOING_AWAY
 from ..contract.events import Capability
@@ -35,6 +36,9 @@ from .api import api
 from .errors import json_error
 from .page import page
 from .state import ServerState
+
+if TYPE_CHECKING:  # the broker needs its extra (coredis) only when one is configured
+    from ..broker.wiring import Broker
 from .websocket import socket_route
 
 log = logging.getLogger("wirthforge_trio")
@@ -132,22 +136,39 @@ def configure_logging(level: str) -> None:
     log.setLevel(level.upper())
 
 
+def _broker(settings: Settings, hub: Hub, retention: Retention) -> Broker | None:
+    """The Redis broker the settings name (None: one process, as without one)."""
+    if settings.broker is None:
+        return None
+    try:
+        from ..broker.wiring import Broker as RedisBroker
+    except ImportError:
+        raise SettingsError(
+            "a broker needs the Redis client: pip install 'wirthforge-trio[broker]'"
+        ) from None
+    return RedisBroker(parse_broker_url(settings.broker), hub, retention)
+
+
 def _server_state(settings: Settings, extra_sources: Sequence[ModelSource]) -> ServerState:
     hub = Hub(HeartbeatSweep(settings.heartbeat_interval))
+    retention = Retention(
+        sessions=settings.retention_sessions,
+        events=settings.retention_events,
+        seconds=settings.retention_seconds,
+    )
+    broker = _broker(settings, hub, retention)
     engine = Engine(
         [*build_sources(settings), *extra_sources],
-        hub,
+        hub if broker is None else broker.publisher,
         PROFILES[settings.profile],
         first_token_timeout=settings.first_token_timeout,
         stall_timeout=settings.stall_timeout,
         check_interval=settings.model_check_interval,
         preload=settings.preload,
-        retention=Retention(
-            sessions=settings.retention_sessions,
-            events=settings.retention_events,
-            seconds=settings.retention_seconds,
-        ),
+        retention=retention,
     )
+    if broker is not None:
+        broker.bind(engine)
     capabilities: tuple[Capability, ...] = ("visualization",)
     if len(engine.models) > 1:
         capabilities = ("council", "visualization")
@@ -163,7 +184,22 @@ def _server_state(settings: Settings, extra_sources: Sequence[ModelSource]) -> S
         ),
         body_cap=max(MAX_PROMPT_BODY, 6 * settings.max_prompt_bytes + 4096),
         startup_capabilities=capabilities,
+        broker=broker,
     )
+
+
+async def _start_broker(app: WirthforgeApp, broker: Broker) -> None:
+    """Join the broker before the engine starts (its frame numbers and instance id come
+    from the cluster); a broker out of reach stops the server with one line naming the fix."""
+    from ..broker.node import BrokerStartError
+
+    try:
+        await app.nursery.start(broker.node.run)
+    except BrokerStartError as exc:
+        print(f"ERROR: wirthforge-trio: {exc}", file=sys.stderr, flush=True)
+        logging.shutdown()
+        os._exit(2)
+    broker.joined()
 
 
 def create_app(
@@ -185,6 +221,8 @@ def create_app(
 
     @app.before_serving
     async def start_engine() -> None:
+        if state.broker is not None:
+            await _start_broker(app, state.broker)
         await app.nursery.start(state.engine.run)
         tune_gc()
         log.info(
@@ -201,6 +239,8 @@ def create_app(
             await state.hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
         state.hub.abort_remaining()
         state.engine.stop()
+        if state.broker is not None:
+            state.broker.node.stop()
 
     @app.errorhandler(RequestEntityTooLarge)
     async def too_large(_: RequestEntityTooLarge) -> Any:
@@ -218,8 +258,8 @@ def app_from_environment() -> WirthforgeApp:
     ``WIRTHFORGE_*`` environment, and a one-line error naming the fix for a bad one."""
     try:
         settings = Settings.from_env()
+        configure_logging(settings.log_level)
+        return create_app(settings)
     except SettingsError as exc:
         print(f"ERROR: wirthforge-trio configuration: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-    configure_logging(settings.log_level)
-    return create_app(settings)

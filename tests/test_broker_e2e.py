@@ -35,6 +35,10 @@ class Listener:
     batches: list[tuple[str, tuple[str, ...], bool]] = attrs.field(factory=list)
     errors: list[dict[str, Any]] = attrs.field(factory=list)
     lit_frames: int = 0
+    energy: list[tuple[int, float]] = attrs.field(factory=list)
+    """(frameNumber, totalEnergy) of each energy_update of the demo model."""
+    batch_frames: list[int] = attrs.field(factory=list)
+    """The last frame number seen when each token batch arrived."""
 
     def text(self, session_id: str) -> str:
         return "".join("".join(t) for s, t, _ in self.batches if s == session_id)
@@ -51,7 +55,10 @@ class Listener:
 
     def take(self, message: dict[str, Any]) -> None:
         kind, payload = message["type"], message["payload"]
+        if kind == "energy_update" and payload["modelId"] == "demo":
+            self.energy.append((message["frameNumber"], payload["totalEnergy"]))
         if kind == "token_stream":
+            self.batch_frames.append(self.energy[-1][0] if self.energy else -1)
             self.batches.append(
                 (payload["sessionId"], tuple(payload["tokens"]), payload["isComplete"])
             )
@@ -130,6 +137,11 @@ async def test_energy_of_a_remote_generation_reaches_the_other_process_at_frame_
     tokens = sum(len(t) for s, t, _ in on_b.batches if s == session_id)
     assert on_b.lit_frames > 0, "B's frames carry A's energy"
     assert on_b.lit_frames <= tokens, "each remote frame counts its tokens once"
+    first, last = on_b.batch_frames[0], on_b.batch_frames[-1]
+    during = [total for number, total in on_b.energy if first < number <= last]
+    assert len(during) > 10, "B's clock ran through the generation"
+    lit = sum(1 for total in during if total > 0)
+    assert lit >= 0.8 * len(during), f"A's energy in {lit} of B's {len(during)} frames"
 
 
 async def open_resuming(url: str, resume: dict[str, Any]) -> tuple[Any, CheckedClient]:

@@ -215,11 +215,16 @@ async def test_clocks_sharing_an_epoch_share_frame_numbers() -> None:
     epoch = time.time_ns() - 3_600 * 1_000_000_000  # an hour ago
     seen: list[tuple[int, int]] = []
 
-    async def one(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def one() -> None:
         clock = FrameClock(60.0)
         clock.epoch_ns = epoch
         with trio.CancelScope() as scope:
-            await clock.run(lambda n, _: (seen.append((n, time.time_ns())), scope.cancel()))
+
+            def tick(number: int, _: float) -> None:
+                seen.append((number, time.time_ns()))
+                scope.cancel()
+
+            await clock.run(tick)
 
     await one()
     await trio.sleep(0.05)

@@ -13,6 +13,7 @@ from pathlib import Path
 import trio
 
 from .config import DEFAULT_PORT, ENVIRONMENT_VARIABLES, Settings, SettingsError, check_token
+from .engine.resume_log import StoreError
 from .version import __version__
 
 
@@ -61,9 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     serve.add_argument(
+        "--store",
+        help="keep the resume log across restarts in SQLite: sqlite:PATH (default: memory "
+        "only, nothing written to disk)",
+    )
+    serve.add_argument(
         "--broker",
-        help="redis://HOST:PORT: share one stream with every process on that Redis "
-        "(WIRTHFORGE_BROKER; needs the 'broker' extra)",
+        help="broker URL that makes several processes one stream: redis://HOST[:PORT]; "
+        "prefer WIRTHFORGE_BROKER when it holds a password",
     )
 
     watch = commands.add_parser("watch", help="follow a running server's stream")
@@ -113,12 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 partial(watch, args.url, summary=args.summary, seconds=args.seconds, token=token)
             )
         return _schema(args)
-    except SettingsError as exc:
+    except (SettingsError, StoreError) as exc:
         print(f"wirthforge: error: {exc}", file=sys.stderr)
         return 2
     except BaseExceptionGroup as group:
         # Raised inside a nursery (a port taken at bind time, say): still one clear line.
-        settings_error, rest = group.split(SettingsError)
+        settings_error, rest = group.split((SettingsError, StoreError))
         if settings_error is None or rest is not None:
             raise
         first = _first_leaf(settings_error)
@@ -166,6 +172,7 @@ def _serve(args: argparse.Namespace) -> int:
         openai_url=args.openai_url,
         preload=args.preload,
         token=args.token,
+        store=args.store,
         broker=args.broker,
     )
     check_exposure(settings)

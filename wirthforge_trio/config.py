@@ -11,10 +11,10 @@ import os
 import re
 from collections.abc import Mapping
 from typing import Any, Final
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import attrs
 
-from .broker.url import BrokerURLError, parse_broker_url
 from .contract.events import Tier
 from .engine.energy import PROFILES
 from .sources import ModelSpecError, parse_model_spec
@@ -94,11 +94,18 @@ class Settings:
     demo_seed: int = 0
     demo_speed: float = 1.0
     log_level: str = "INFO"
+    store: str | None = None
+    """Where the resume log is kept across restarts: ``sqlite:PATH``; None keeps it in memory
+    only (nothing is written to disk)."""
     broker: str | None = attrs.field(default=None, repr=False)
-    """``redis://HOST:PORT``: several processes, one stream (``broker/``); never logged with
-    its password (repr hides it)."""
+    """The broker that makes several processes one stream: ``redis://[:PASSWORD@]HOST[:PORT]
+    [/DB]``. Its password is never logged: use :attr:`broker_redacted`."""
 
     def __attrs_post_init__(self) -> None:
+        if self.store is not None:
+            store_path(self.store)
+        if self.broker is not None:
+            redact_broker_url(self.broker)
         if not self.models:
             raise SettingsError("no model configured: set --model / WIRTHFORGE_MODELS to 'demo'")
         for model in self.models:
@@ -164,11 +171,21 @@ class Settings:
             raise SettingsError(f"port {self.port} is not between 0 (any free port) and 65535")
         if self.demo_speed <= 0:
             raise SettingsError("demo speed must be a positive factor (1 = real time)")
-        if self.broker is not None:
-            try:
-                parse_broker_url(self.broker)
-            except BrokerURLError as exc:
-                raise SettingsError(str(exc)) from None
+        if self.broker is not None and self.store is not None:
+            raise SettingsError(
+                "with a broker, Redis is the resume log: unset --store / WIRTHFORGE_STORE "
+                "(or the broker, to keep a single process's log in SQLite)"
+            )
+
+    @property
+    def store_path(self) -> str | None:
+        """The SQLite file of ``store``, or None without a store."""
+        return None if self.store is None else store_path(self.store)
+
+    @property
+    def broker_redacted(self) -> str | None:
+        """The broker URL as it may be logged or shown: any password replaced by ``***``."""
+        return None if self.broker is None else redact_broker_url(self.broker)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -202,6 +219,66 @@ def check_token(token: str) -> None:
             "characters of A-Z a-z 0-9 - _ . ~ (e.g. the output of "
             "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
         )
+
+
+STORE_SCHEMES: Final = ("sqlite",)
+BROKER_SCHEMES: Final = ("redis", "rediss")
+
+
+def store_path(store: str) -> str:
+    """The file of a ``sqlite:PATH`` store; a :class:`SettingsError` for anything else."""
+    scheme, _, path = store.partition(":")
+    if scheme not in STORE_SCHEMES or not path.strip():
+        raise SettingsError(
+            f"store {store[:200]!r} is not sqlite:PATH (e.g. sqlite:/var/lib/wirthforge/"
+            "resume.db); set --store / WIRTHFORGE_STORE, or leave it unset to keep nothing "
+            "on disk"
+        )
+    return path
+
+
+def redact_broker_url(url: str) -> str:
+    """``url`` with its password (and user) hidden, after checking it is a usable broker
+    URL. Errors never repeat the URL's password either."""
+    parts = urlsplit(url)
+    shown = _without_password(parts)
+    if parts.scheme not in BROKER_SCHEMES:
+        raise SettingsError(
+            f"broker {shown!r} must be redis://HOST[:PORT][/DB] (or rediss://); set "
+            "--broker / WIRTHFORGE_BROKER"
+        )
+    try:
+        _ = parts.port  # raises for a port out of range
+    except ValueError:
+        raise SettingsError(
+            f"broker {shown!r} has a port that is not between 0 and 65535 "
+            "(--broker / WIRTHFORGE_BROKER)"
+        ) from None
+    if not parts.hostname:
+        raise SettingsError(
+            f"broker {shown!r} names no host: redis://HOST[:PORT] (--broker / WIRTHFORGE_BROKER)"
+        )
+    database = parts.path.strip("/")
+    if database and not database.isdigit():
+        raise SettingsError(
+            f"broker {shown!r}: the path must be a database number such as /0 "
+            "(--broker / WIRTHFORGE_BROKER)"
+        )
+    return shown
+
+
+def _without_password(parts: SplitResult) -> str:
+    if parts.password is None and parts.username is None:
+        return urlunsplit(parts)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = f"***@{host}" + (f":{port}" if port is not None else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _parse(variable: str, raw: str, default: Any) -> Any:

@@ -16,6 +16,7 @@ from typing import Final, Literal
 
 import attrs
 
+from ..contract.codec import decode_event, encode
 from ..contract.events import (
     FRAME_BUDGET_MS,
     EnergyField,
@@ -33,6 +34,7 @@ from ..sources.base import SourceError, Token
 from .council import CouncilAnalyzer, ensemble_energy
 from .energy import EU_PER_TOKEN, EnergyProfile, FlowState, ModelEnergy, energy_update
 from .rest_text import RestFrameText
+from .resume_log import Recovered, ResumeLog
 from .rewards import RewardLedger
 
 FIELD_CHANGE: Final = 0.01
@@ -85,6 +87,8 @@ class Logged:
     frame_number: int
     at: float
     event: Event
+    run: int = 0
+    """The run of the server's resume log it was published in (``resume_log.py``)."""
 
 
 @attrs.define
@@ -104,6 +108,10 @@ class Session:
     status: SessionStatus = "streaming"
     completion_sent: bool = False
     ended_at: float | None = None
+    run: int = 0
+    """The run of the resume log it started in (``resume_log.py``)."""
+    interrupted: bool = False
+    """It was live when its server stopped (recovered from a store): ended, as failed."""
 
     @property
     def published(self) -> int:
@@ -160,6 +168,11 @@ class Decipher:
         self._at_rest = False
         self._retention_due = 0.0
         self._rest_text: RestFrameText | None = None
+        self.log: ResumeLog | None = None
+        """Where the resume log is also written (a store); None: memory only."""
+        self.run = 0
+        """This run's number in the resume log: earlier runs' instances are ``predecessors``."""
+        self.predecessors: tuple[str, ...] = ()
 
     # -- inputs -----------------------------------------------------------------------------
 
@@ -172,9 +185,47 @@ class Decipher:
             start_frame=self.frame_number,
         )
         energy.start_prompt(now)
+        session.run = self.run
         self.sessions[session.id] = session
         self._live[session.id] = session
+        if self.log is not None:
+            self.log.session_started(session.id, model_id, self.run)
         return session
+
+    def restore(self, recovered: Recovered, now: float, wall: float) -> None:
+        """Take back what a store kept of earlier runs, before the first frame: their sessions
+        (a live one ended, as interrupted) and lossless events, aged by the wall clock."""
+        self.predecessors = recovered.runs
+        self.run = len(recovered.runs)
+        for stored in recovered.sessions:
+            if stored.model_id not in self.energies:
+                continue  # a model this server no longer runs: nothing could follow it
+            interrupted = stored.status in ("streaming", "interrupted")
+            ended = stored.ended_wall if stored.ended_wall is not None else wall
+            self.sessions[stored.session_id] = Session(
+                id=stored.session_id,
+                model_id=stored.model_id,
+                started_at=now,
+                first_sent_frame=stored.first_sent_frame,
+                tokens=list(stored.tokens),
+                status="failed" if interrupted else stored.status,  # type: ignore[arg-type]
+                completion_sent=True,
+                ended_at=now - max(wall - ended, 0.0),
+                run=stored.run,
+                interrupted=interrupted,
+            )
+            if stored.status == "streaming" and self.log is not None:
+                self.log.session_ended(stored.session_id, "interrupted", wall)
+        for event in recovered.events:
+            self.history.append(
+                Logged(
+                    event.frame_number,
+                    now - max(wall - event.wall, 0.0),
+                    decode_event(event.text),
+                    event.run,
+                )
+            )
+        self._remember(self.frame_number, now, [])
 
     def on_token(self, session: Session, token: Token) -> None:
         if session.status != "streaming":
@@ -377,6 +428,8 @@ class Decipher:
                     session.first_sent_frame = self.frame_number
                 tokens = tuple(session.pending)
                 session.pending.clear()
+                if self.log is not None:
+                    self.log.tokens_published(session.id, tokens, session.first_sent_frame)
                 events.append(
                     TokenStream(
                         timestamp=wall,
@@ -393,6 +446,8 @@ class Decipher:
                 session.completion_sent = True
                 session.ended_at = now
                 del self._live[session.id]
+                if self.log is not None:
+                    self.log.session_ended(session.id, session.status, wall / 1000.0)
                 events.extend(
                     self.rewards.on_session_complete(
                         session.model_id,
@@ -463,21 +518,31 @@ class Decipher:
     def _remember(self, frame_number: int, now: float, lossless: list[Event]) -> None:
         """Log this frame's lossless events (tokens live in their sessions) and forget what
         is past retention: the oldest first, by count and by age."""
+        log = self.log
         for event in lossless:
             if not isinstance(event, TokenStream):
-                self.history.append(Logged(frame_number, now, event))
+                self.history.append(Logged(frame_number, now, event, self.run))
+                if log is not None:
+                    log.event_logged(self.run, frame_number, time.time(), encode(event))
         keep = self.retention
         history = self.history
+        dropped = 0
         while history and (len(history) > keep.events or now - history[0].at > keep.seconds):
             history.popleft()
+            dropped += 1
         finished = [s for s in self.sessions.values() if s.ended_at is not None]
         excess = len(self.sessions) - keep.sessions
+        forgotten: list[str] = []
         for session in finished:
             assert session.ended_at is not None
             if excess <= 0 and now - session.ended_at <= keep.seconds:
                 break
             del self.sessions[session.id]
+            forgotten.append(session.id)
             excess -= 1
+        if log is not None and (dropped or forgotten):
+            log.events_forgotten(dropped)
+            log.sessions_forgotten(forgotten)
 
     # -- views ----------------------------------------------------------------------------------
 

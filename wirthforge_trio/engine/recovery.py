@@ -29,6 +29,7 @@ from .energy import EU_PER_TOKEN
 
 RESTARTED = "server restarted: this is another server instance; resynchronise from scratch"
 UNKNOWN = "not on this server (it restarted, or the session is past retention)"
+INTERRUPTED = "interrupted: its server stopped during the generation; the text is what was kept"
 
 
 class Retained(Protocol):
@@ -54,12 +55,17 @@ def catch_up(
     retained: Retained | None = None,
 ) -> list[Event]:
     """The snapshot, then the missed lossless events, then each session's missing tokens
-    (from ``retained``, the Decipher's own by default)."""
+    (from ``retained``, the Decipher's own by default).
+
+    A client of an earlier run of this server's store (``resume_log.py``) resumes too: the
+    log is one, and positions are (run, frame).
+    """
     log: Retained = decipher if retained is None else retained
-    same_server = resume.server_instance == server_instance
-    resumed = same_server and resume.server_instance is not None
+    runs = (*decipher.predecessors, server_instance)
+    client_run = runs.index(resume.server_instance) if resume.server_instance in runs else None
+    resumed = client_run is not None
     reason = None
-    if resume.server_instance is not None and not same_server:
+    if resume.server_instance is not None and not resumed:
         reason = RESTARTED
     held = {h.session_id: h for h in resume.sessions}
     rows = [_row(session, resumable=True) for session in log.sessions.values()]
@@ -97,17 +103,24 @@ def catch_up(
             retention_seconds=decipher.retention.seconds,
         ),
     )
-    if not resumed:
+    if client_run is None:
         return [snapshot]
+    last_frame = resume.last_frame
+
+    def unseen(run: int, frame: int) -> bool:
+        """Whether the client, at (client_run, last_frame), cannot have seen this position."""
+        assert last_frame is not None and client_run is not None
+        return run > client_run or (run == client_run and frame > last_frame)
+
     events: list[Event] = [snapshot]
-    if resume.last_frame is not None:
+    if last_frame is not None:
         events.extend(
             logged.event
             for logged in log.history
-            if logged.frame_number > resume.last_frame and wants(logged.event)
+            if unseen(logged.run, logged.frame_number) and wants(logged.event)
         )
     for session in log.sessions.values():
-        batch = _missing_tokens(session, held.get(session.id), resume.last_frame, wall_ms)
+        batch = _missing_tokens(session, held.get(session.id), last_frame, wall_ms, unseen)
         if batch is not None and wants(batch):
             events.append(batch)
     return events
@@ -120,11 +133,16 @@ def _row(session: Session, *, resumable: bool) -> SnapshotSession:
         status=session.status,
         tokens=session.published,
         resumable=resumable,
+        reason=INTERRUPTED if session.interrupted else None,
     )
 
 
 def _missing_tokens(
-    session: Session, held: HeldSession | None, last_frame: int | None, wall_ms: int
+    session: Session,
+    held: HeldSession | None,
+    last_frame: int | None,
+    wall_ms: int,
+    unseen: Callable[[int, int], bool] | None = None,
 ) -> TokenStream | None:
     """One token_stream with what the client lacks of ``session``, or None if nothing."""
     if held is None:
@@ -133,7 +151,9 @@ def _missing_tokens(
         # speak, while the client was away): replay it whole. If they went out by then, the
         # client had them and chose not to keep it.
         first = session.first_sent_frame
-        if last_frame is None or (first is not None and first <= last_frame):
+        if unseen is None:  # one run: positions are frame numbers
+            unseen = lambda _run, frame: last_frame is not None and frame > last_frame  # noqa: E731
+        if last_frame is None or (first is not None and not unseen(session.run, first)):
             return None
         have, saw_end = 0, False
     else:

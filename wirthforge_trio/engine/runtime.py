@@ -43,6 +43,7 @@ from .clock import FrameClock
 from .decipher import COUNCIL_ID, Decipher, Retention, Session, model_error, model_id_for
 from .energy import EnergyProfile
 from .recovery import Retained, catch_up
+from .resume_log import ResumeLog
 
 log = logging.getLogger("wirthforge_trio.engine")
 
@@ -130,6 +131,7 @@ class Engine:
         check_interval: float = 10.0,
         preload: bool = False,
         retention: Retention | None = None,
+        log: ResumeLog | None = None,
     ) -> None:
         if not sources:
             raise ValueError("the engine needs at least one model source")
@@ -143,6 +145,8 @@ class Engine:
         )
         self.instance_id = f"i-{uuid.uuid4().hex[:16]}"
         """Tells this server run apart from any other (a restart makes a new one)."""
+        self.log = log
+        """Where the resume log is also kept (a store); None: in memory only."""
         self.publisher = publisher
         self.resume_log: Retained | None = None
         """Where resuming clients are caught up from; None: the Decipher (``broker/``)."""
@@ -169,6 +173,12 @@ class Engine:
             try:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
+                    if self.log is not None:
+                        # Before the first frame: what earlier runs left is there to resume.
+                        recovered = await self.log.open(self.instance_id)
+                        self.decipher.log = self.log
+                        self.decipher.restore(recovered, trio.current_time(), time.time())
+                        await nursery.start(self.log.run)
                     await nursery.start(self.clock.run, self._on_tick)
                     for model_id in self.models:
                         self._watch(model_id)

@@ -22,7 +22,9 @@ from ..contract.close_codes import CLOSE_GOING_AWAY
 from ..contract.events import Capability
 from ..engine.decipher import Retention
 from ..engine.energy import PROFILES
+from ..engine.resume_log import StoreError
 from ..engine.runtime import Engine
+from ..engine.sqlite_log import SqliteLog
 from ..protocol.limits import RateLimit
 from ..security import AccessPolicy, ConnectionLimiter
 from ..sources import make_source
@@ -31,6 +33,7 @@ from ..transport.asgi import LeanASGIWebsocketConnection, LeanWebsocket
 from ..transport.heartbeats import HeartbeatSweep
 from ..transport.hub import Hub
 from ..version import __version__
+from ..worker import hypercorn_workers, refuse_to_start
 from .access import access
 from .api import api
 from .errors import json_error
@@ -149,6 +152,16 @@ def _broker(settings: Settings, hub: Hub, retention: Retention) -> Broker | None
     return RedisBroker(parse_broker_url(settings.broker), hub, retention)
 
 
+def _store(settings: Settings) -> SqliteLog | None:
+    """The resume store of ``settings``, opened now so a bad path stops the start at once."""
+    if settings.store_path is None:
+        return None
+    try:
+        return SqliteLog(settings.store_path)
+    except StoreError as exc:
+        raise SettingsError(str(exc)) from None
+
+
 def _server_state(settings: Settings, extra_sources: Sequence[ModelSource]) -> ServerState:
     hub = Hub(HeartbeatSweep(settings.heartbeat_interval))
     retention = Retention(
@@ -166,6 +179,7 @@ def _server_state(settings: Settings, extra_sources: Sequence[ModelSource]) -> S
         check_interval=settings.model_check_interval,
         preload=settings.preload,
         retention=retention,
+        log=_store(settings),
     )
     if broker is not None:
         broker.bind(engine)
@@ -232,6 +246,8 @@ def create_app(
             state.tier,
             int(state.engine.clock.rate),
         )
+        if settings.store_path is not None:
+            log.info("resume log kept in %s", settings.store_path)
 
     @app.after_serving
     async def stop_engine() -> None:
@@ -253,11 +269,31 @@ def create_app(
     return app
 
 
+def several_workers_refusal(workers: int | None, settings: Settings) -> str | None:
+    """The one line that stops a worker that would split the stream, or None to serve.
+
+    Several workers behind one listening socket each have their own engine: without a broker
+    a prompt would reach only the clients of the worker that took it (docs/decisions.md,
+    "One worker unless a broker"); with one, they are one stream (``broker/``).
+    """
+    if workers is None or workers <= 1 or settings.broker is not None:
+        return None
+    return (
+        f"ERROR: wirthforge-trio refuses {workers} Hypercorn workers: without a broker each "
+        "would stream alone; run one worker (hypercorn -w 1, or `wirthforge serve`) or set a "
+        "broker (WIRTHFORGE_BROKER=redis://HOST:PORT)."
+    )
+
+
 def app_from_environment() -> WirthforgeApp:
     """The app for ``hypercorn -k trio wirthforge_trio.app:app``: settings from the
-    ``WIRTHFORGE_*`` environment, and a one-line error naming the fix for a bad one."""
+    ``WIRTHFORGE_*`` environment, and a one-line error naming the fix for a bad one (or for
+    several workers without a broker)."""
     try:
         settings = Settings.from_env()
+        refusal = several_workers_refusal(hypercorn_workers(), settings)
+        if refusal is not None:
+            refuse_to_start(refusal)
         configure_logging(settings.log_level)
         return create_app(settings)
     except SettingsError as exc:

@@ -149,6 +149,30 @@ def launch(broker: str, log_path: Path, **env: str) -> ServerProcess:
     return ServerProcess(port, process, log_path)
 
 
+def launch_hypercorn(broker: str, log_path: Path, *, workers: int) -> ServerProcess:
+    """``hypercorn -k trio -w N wirthforge_trio.app:app`` on one free port."""
+    port = free_port()
+    hypercorn = Path(sys.executable).parent / "hypercorn"
+    out = log_path.open("wb")
+    process = subprocess.Popen(
+        [
+            str(hypercorn),
+            "-k",
+            "trio",
+            "-w",
+            str(workers),
+            "-b",
+            f"127.0.0.1:{port}",
+            "wirthforge_trio.app:app",
+        ],
+        env={**os.environ, "WIRTHFORGE_BROKER": broker, "WIRTHFORGE_DEMO_SPEED": "3"},
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    out.close()
+    return ServerProcess(port, process, log_path)
+
+
 async def health(server: ServerProcess) -> dict[str, Any] | None:
     try:
         async with httpx.AsyncClient(timeout=2.0) as http:

@@ -19,6 +19,7 @@ from .broker_fixtures import (
     free_port,
     health,
     launch,
+    launch_hypercorn,
     redis,
     servers,
     wait_for_health,
@@ -375,4 +376,36 @@ async def test_the_password_is_never_logged_and_an_unreachable_broker_names_the_
     for server in servers:
         output = server.output()
         assert secret not in output and "wrong-password" not in output
-    assert ":***@127.0.0.1" in servers[0].output()
+    assert "redis://***@127.0.0.1" in servers[0].output()
+
+
+async def test_two_hypercorn_workers_on_a_broker_are_one_stream(
+    redis: Redis, tmp_path: Path
+) -> None:
+    """The issue's case: ``hypercorn -w 2`` split the clients between two engines, and most
+    never saw a token. With a broker every client gets every token."""
+    server = launch_hypercorn(redis.url, tmp_path / "hypercorn.log", workers=2)
+    try:
+        processes = set()
+        for _ in range(40):  # until both workers answered (each health check a new socket)
+            reply = await health(server)
+            if reply is not None and reply["status"] == "ok":
+                processes.add(reply["broker"]["process"])
+            if len(processes) == 2:
+                break
+            await trio.sleep(0.1)
+        prompt = "six clients, two workers"
+        async with trio.open_nursery() as nursery:
+            listeners = [await listen(nursery, server.ws_url) for _ in range(6)]
+            await trio.sleep(0.2)
+            session_id = await post_prompt(server, prompt)
+            await until(
+                lambda: all(li.complete(session_id) for li in listeners),
+                f"all six clients saw the end (workers seen: {len(processes)})",
+            )
+            nursery.cancel_scope.cancel()
+        expected = DemoSource(seed=0).text_for(prompt)
+        assert all(li.text(session_id) == expected for li in listeners)
+    finally:
+        server.stop()
+    assert "refuses" not in server.output() and "Traceback" not in server.output()

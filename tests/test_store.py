@@ -3,6 +3,7 @@ mode, and the settings around it (store and broker URLs, the broker's password n
 
 from __future__ import annotations
 
+import logging
 import stat
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from wirthforge_trio.engine.sqlite_log import SqliteLog
 from wirthforge_trio.sources.base import Token
 from wirthforge_trio.web import create_app
 
+from .broker_fixtures import Redis, free_port
 from .conftest import records_logged, start_server, test_settings
 
 PASSWORD = "pa55-word-never-logged"
@@ -147,10 +149,20 @@ def test_a_broker_url_is_kept_and_shown_redacted() -> None:
 
 
 async def test_the_broker_password_is_never_logged(nursery: trio.Nursery) -> None:
-    broker = f"redis://:{PASSWORD}@127.0.0.1:6379/0"
-    with records_logged() as records:
-        server = await start_server(nursery, test_settings(broker=broker, log_level="DEBUG"))
-        server.stop.set()
+    guarded = Redis(port=free_port(), password=PASSWORD)
+    guarded.start()
+    package = logging.getLogger("wirthforge_trio")
+    level = package.level
+    package.setLevel(logging.DEBUG)
+    try:
+        with records_logged() as records:
+            server = await start_server(
+                nursery, test_settings(broker=guarded.url, log_level="DEBUG")
+            )
+            server.stop.set()
+    finally:
+        package.setLevel(level)
+        guarded.stop()
     lines = [record.getMessage() for record in records]
-    assert any("redis://***@127.0.0.1:6379/0" in line for line in lines), lines
+    assert any(f"redis://***@127.0.0.1:{guarded.port}/0" in line for line in lines), lines
     assert not any(PASSWORD in line for line in lines)

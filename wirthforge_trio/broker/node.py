@@ -198,18 +198,10 @@ class BrokerNode:
             try:
                 with trio.fail_after(STARTUP_TIMEOUT):
                     await self._first_contact()
-            except (trio.TooSlowError, *_REDIS_ERRORS) as exc:
-                raise BrokerStartError(
-                    f"cannot reach the broker at {self.url.redacted} "
-                    f"({_describe(exc)}); start Redis there or fix WIRTHFORGE_BROKER / --broker"
-                ) from None
-            except BaseExceptionGroup as group:
-                if not _only_redis_errors(group):
+            except BaseException as exc:
+                if isinstance(exc, trio.Cancelled) or not _only_redis_errors(exc):
                     raise
-                raise BrokerStartError(
-                    f"cannot reach the broker at {self.url.redacted} "
-                    f"({_describe(group)}); start Redis there or fix WIRTHFORGE_BROKER / --broker"
-                ) from None
+                raise BrokerStartError(self._unreachable(exc)) from None
             log.info(
                 "broker %s: process %s in cluster %s, %d session(s) retained",
                 self.url.redacted,
@@ -219,6 +211,24 @@ class BrokerNode:
             )
             task_status.started()
             await self._keep_connected()
+
+    async def probe(self) -> None:
+        """Connect and PING once: a :class:`BrokerStartError` naming the fix if that fails
+        (``serve()`` asks before it starts Hypercorn, so the error is one line)."""
+        try:
+            with trio.fail_after(STARTUP_TIMEOUT):
+                async with self._connect() as client:
+                    await client.ping()
+        except BaseException as exc:
+            if isinstance(exc, trio.Cancelled) or not _only_redis_errors(exc):
+                raise
+            raise BrokerStartError(self._unreachable(exc)) from None
+
+    def _unreachable(self, exc: BaseException) -> str:
+        return (
+            f"cannot reach the broker at {self.url.redacted} ({_describe(exc)}); start "
+            "Redis there, or fix WIRTHFORGE_BROKER / --broker (and its password)"
+        )
 
     async def _first_contact(self) -> None:
         async with self._connect() as client:

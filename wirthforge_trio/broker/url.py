@@ -28,11 +28,10 @@ class BrokerURL:
 
     @property
     def redacted(self) -> str:
-        """The address as it may be logged: ``redis://:***@host:port/db``."""
+        """The address as it may be logged: ``redis://***@host:port/db`` (user and password
+        hidden alike, as ``Settings.broker_redacted`` shows it)."""
         parts = urlsplit(self.url)
-        auth = ""
-        if parts.username or self.has_password:
-            auth = f"{parts.username or ''}{':***' if self.has_password else ''}@"
+        auth = "***@" if parts.username or self.has_password else ""
         return f"{parts.scheme}://{auth}{_hostport(parts)}/{self.db}"
 
     def __str__(self) -> str:

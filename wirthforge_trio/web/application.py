@@ -16,7 +16,7 @@ import trio
 from quart_trio import QuartTrio
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from ..broker.url import parse_broker_url
+from ..broker.url import BrokerURLError, parse_broker_url
 from ..config import Settings, SettingsError, detect_tier
 from ..contract.close_codes import CLOSE_GOING_AWAY
 from ..contract.events import Capability
@@ -149,7 +149,11 @@ def _broker(settings: Settings, hub: Hub, retention: Retention) -> Broker | None
         raise SettingsError(
             "a broker needs the Redis client: pip install 'wirthforge-trio[broker]'"
         ) from None
-    return RedisBroker(parse_broker_url(settings.broker), hub, retention)
+    try:
+        url = parse_broker_url(settings.broker)
+    except BrokerURLError as exc:
+        raise SettingsError(str(exc)) from None
+    return RedisBroker(url, hub, retention)
 
 
 def _store(settings: Settings) -> SqliteLog | None:
@@ -210,9 +214,9 @@ async def _start_broker(app: WirthforgeApp, broker: Broker) -> None:
     try:
         await app.nursery.start(broker.node.run)
     except BrokerStartError as exc:
-        print(f"ERROR: wirthforge-trio: {exc}", file=sys.stderr, flush=True)
-        logging.shutdown()
-        os._exit(2)
+        if hypercorn_workers() is not None:  # Hypercorn's CLI: one line, and its exit status
+            refuse_to_start(f"ERROR: wirthforge-trio: {exc}")
+        raise SettingsError(str(exc)) from None  # serve() checked the broker before this
     broker.joined()
 
 

@@ -149,6 +149,9 @@ def launch(broker: str, log_path: Path, **env: str) -> ServerProcess:
     return ServerProcess(port, process, log_path)
 
 
+APP = "wirthforge_trio.app:app"
+
+
 def launch_hypercorn(broker: str, log_path: Path, *, workers: int) -> ServerProcess:
     """``hypercorn -k trio -w N wirthforge_trio.app:app`` on one free port."""
     port = free_port()

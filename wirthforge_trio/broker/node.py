@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal
 
+import anyio
 import coredis
 import coredis.exceptions
 import orjson
@@ -51,13 +52,16 @@ from .url import BrokerURL
 
 log = logging.getLogger("wirthforge_trio.broker")
 
-ALIVE_TTL: Final = 3
-"""Seconds a process's liveness key outlives its last refresh."""
-REFRESH_INTERVAL: Final = 1.0
-DEAD_AFTER: Final = 3.0
-"""Seconds a live session's origin must stay without a liveness key to count as dead."""
-BACKOFF_FIRST: Final = 0.2
-BACKOFF_MAX: Final = 5.0
+ALIVE_TTL_MS: Final = 2000
+"""How long a process's liveness key outlives its last refresh."""
+REFRESH_INTERVAL: Final = 0.5
+DEAD_AFTER: Final = 2.5
+"""Seconds a live session's origin must stay without a liveness key to count as dead: longer
+than the longest reconnection backoff, so a Redis restart (which loses every key) does not
+make live processes look dead."""
+BACKOFF_FIRST: Final = 0.1
+BACKOFF_MAX: Final = 2.0
+CLOSE_TIMEOUT: Final = 1.0
 STARTUP_TIMEOUT: Final = 10.0
 READ_BLOCK_MS: Final = 1000
 READ_COUNT: Final = 512
@@ -71,7 +75,15 @@ SESSION_INTERRUPTED: Final = "SESSION_INTERRUPTED"
 
 BrokerStatus = Literal["connecting", "up", "down"]
 
-_REDIS_ERRORS: Final = (coredis.exceptions.RedisError, OSError, trio.TooSlowError)
+_REDIS_ERRORS: Final = (
+    coredis.exceptions.RedisError,
+    OSError,
+    trio.TooSlowError,
+    anyio.ClosedResourceError,
+    anyio.BrokenResourceError,
+    anyio.EndOfStream,
+)
+"""What a lost connection, a refused command or the client's own teardown raise."""
 
 
 class BrokerStartError(RuntimeError):
@@ -87,6 +99,13 @@ def _only_redis_errors(exc: BaseException) -> bool:
 
 def _str(value: str | bytes) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def _teardown_only(exc: BaseException) -> bool:
+    """Whether ``exc`` holds only what the client raises while it is being cancelled."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_teardown_only(e) for e in exc.exceptions)
+    return isinstance(exc, (*_REDIS_ERRORS, trio.Cancelled))
 
 
 def _first_error(exc: BaseException) -> BaseException:
@@ -134,6 +153,7 @@ class BrokerNode:
         self._outbox: deque[tuple[str, dict[str, str]]] = deque()
         self._outbox_ready = trio.Event()
         self._frame_ready = trio.Event()
+        self._drained = trio.Event()
         self._offsets: dict[str, int] = {}
         self._last_id = "0-0"
         self._client: coredis.Redis[str] | None = None
@@ -191,6 +211,22 @@ class BrokerNode:
         if self._scope is not None:
             self._scope.cancel()
 
+    async def close(self) -> None:
+        """Write what is held and withdraw this process's liveness key (so the others end
+        its live sessions at once rather than after the key expires), within a second; then
+        stop."""
+        client = self._client
+        if client is not None and self.status == "up":
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                try:
+                    if self._outbox:  # the writer task writes them, in order
+                        self._drained = trio.Event()
+                        await self._drained.wait()
+                    await client.delete([f"{self.alive_prefix}{self.origin}"])
+                except _REDIS_ERRORS as exc:
+                    log.warning("could not leave the broker cleanly: %s", _describe(exc))
+        self.stop()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, read the retained stream, then keep every task up until cancelled,
         reconnecting with backoff after a failure."""
@@ -210,7 +246,17 @@ class BrokerNode:
                 len(self.log.sessions),
             )
             task_status.started()
-            await self._keep_connected()
+            try:
+                await self._keep_connected()
+            except BaseException as exc:
+                # Stopping cancels the client mid-teardown, and its pub/sub cleanup can raise
+                # (coredis 6.9: ClosedResourceError); that is the end we asked for.
+                stopping = self._scope.cancel_called or (
+                    trio.current_effective_deadline() == -math.inf  # the app is cancelling us
+                )
+                if not (stopping and _teardown_only(exc)):
+                    raise
+                log.debug("broker client stopped: %s", _describe(exc))
 
     async def probe(self) -> None:
         """Connect and PING once: a :class:`BrokerStartError` naming the fix if that fails
@@ -301,7 +347,7 @@ class BrokerNode:
         async with self._connect() as client:
             if rejoin:
                 await self._join_cluster(client)
-            await client.set(f"{self.alive_prefix}{self.origin}", "1", ex=ALIVE_TTL)
+            await client.set(f"{self.alive_prefix}{self.origin}", "1", px=ALIVE_TTL_MS)
             self._client = client
             self._came_up()
             try:
@@ -397,6 +443,7 @@ class BrokerNode:
                     trim_operator=PureToken.APPROXIMATELY,
                 )
                 self._outbox.popleft()
+            self._drained.set()
             self._outbox_ready = trio.Event()
             await self._outbox_ready.wait()
 
@@ -458,7 +505,7 @@ class BrokerNode:
         sessions of processes that stopped refreshing theirs."""
         alive_key = f"{self.alive_prefix}{self.origin}"
         while True:
-            await client.set(alive_key, "1", ex=ALIVE_TTL)
+            await client.set(alive_key, "1", px=ALIVE_TTL_MS)
             oldest = max(0, int(time.time() * 1000 - self.retention.seconds * 1000))
             await client.xtrim(
                 self.stream_key, PureToken.MINID, oldest, trim_operator=PureToken.APPROXIMATELY

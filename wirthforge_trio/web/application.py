@@ -260,7 +260,7 @@ def create_app(
         state.hub.abort_remaining()
         state.engine.stop()
         if state.broker is not None:
-            state.broker.node.stop()
+            await state.broker.node.close()
 
     @app.errorhandler(RequestEntityTooLarge)
     async def too_large(_: RequestEntityTooLarge) -> Any:

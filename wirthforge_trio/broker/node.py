@@ -73,6 +73,14 @@ BROKER_UNAVAILABLE: Final = "BROKER_UNAVAILABLE"
 BROKER_RESTORED: Final = "BROKER_RESTORED"
 SESSION_INTERRUPTED: Final = "SESSION_INTERRUPTED"
 
+ERROR_CODES: Final = {
+    BROKER_UNAVAILABLE: ("orchestrator", "error"),
+    BROKER_RESTORED: ("orchestrator", "info"),
+    SESSION_INTERRUPTED: ("orchestrator", "error"),
+}
+"""The codes of the error_events the broker sends: (component, severity), as documented in
+docs/protocol.md, "Error codes"."""
+
 BrokerStatus = Literal["connecting", "up", "down"]
 
 _REDIS_ERRORS: Final = (

@@ -62,8 +62,14 @@ make live processes look dead."""
 BACKOFF_FIRST: Final = 0.1
 BACKOFF_MAX: Final = 2.0
 CLOSE_TIMEOUT: Final = 1.0
+ALONE_RECHECK: Final = 1.0
+"""Seconds between frames published while no other process listens (a newcomer's energy
+view waits at most this long)."""
 STARTUP_TIMEOUT: Final = 10.0
-READ_BLOCK_MS: Final = 1000
+READ_BLOCK_MS: Final = 5000
+"""An idle reader wakes this often (a lost connection ends the wait at once anyway)."""
+TRIM_EVERY: Final = 10
+"""Refreshes between two trims of the stream by age (5 s)."""
 READ_COUNT: Final = 512
 BATCHES_PER_SESSION: Final = 1000
 """Stream entries allowed per retained session in the count bound (MAXLEN ~)."""
@@ -481,11 +487,20 @@ class BrokerNode:
             self.hub.publish(entry.event)
 
     async def _publish_frames(self, client: coredis.Redis[str]) -> None:
+        """Publish the lit energy, latest wins; while no other process listens (PUBLISH
+        counts the receivers, this one included), only once a second, to notice one."""
+        alone_until = -math.inf
         while True:
             self._frame_ready = trio.Event()
+            if trio.current_time() < alone_until:
+                self.outgoing.take()  # nobody else to show it to
             texts = self.outgoing.take()
             if texts:
-                await client.publish(self.frames_channel, frame_message(self.origin, texts))
+                receivers = await client.publish(
+                    self.frames_channel, frame_message(self.origin, texts)
+                )
+                if receivers <= 1:
+                    alone_until = trio.current_time() + ALONE_RECHECK
                 continue
             await self._frame_ready.wait()
 
@@ -512,13 +527,16 @@ class BrokerNode:
         """Refresh this process's liveness key, trim the stream by age, and end the live
         sessions of processes that stopped refreshing theirs."""
         alive_key = f"{self.alive_prefix}{self.origin}"
+        refreshes = 0
         while True:
             await client.set(alive_key, "1", px=ALIVE_TTL_MS)
-            oldest = max(0, int(time.time() * 1000 - self.retention.seconds * 1000))
-            await client.xtrim(
-                self.stream_key, PureToken.MINID, oldest, trim_operator=PureToken.APPROXIMATELY
-            )
-            self.log.forget(trio.current_time())
+            if refreshes % TRIM_EVERY == 0:
+                oldest = max(0, int(time.time() * 1000 - self.retention.seconds * 1000))
+                await client.xtrim(
+                    self.stream_key, PureToken.MINID, oldest, trim_operator=PureToken.APPROXIMATELY
+                )
+                self.log.forget(trio.current_time())
+            refreshes += 1
             await self._end_orphans(client)
             await trio.sleep(REFRESH_INTERVAL)
 

@@ -235,3 +235,8 @@ async def test_clocks_sharing_an_epoch_share_frame_numbers() -> None:
         expected = (at - epoch) * 60 / 1e9
         assert abs(number - expected) < 2, "frame n is due n periods after the epoch"
     assert seen[1][0] > seen[0][0] >= 60 * 3_599
+
+
+def test_a_store_beside_a_broker_is_refused() -> None:
+    with pytest.raises(SettingsError, match="Redis is the resume log"):
+        Settings(broker="redis://127.0.0.1:6379", store="sqlite:/tmp/never.db")

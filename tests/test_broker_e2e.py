@@ -220,6 +220,7 @@ async def test_a_process_killed_mid_generation_has_its_session_ended_by_another(
     await cm.__aexit__(None, None, None)
     (row,) = [s for s in snapshot["payload"]["sessions"] if s["sessionId"] == session_id]
     assert row["status"] == "failed", "reported interrupted, not complete nor left streaming"
+    assert row["reason"].startswith("interrupted"), row
     assert (await health(b) or {}).get("status") == "ok", "B streams on"
 
 

@@ -88,6 +88,7 @@ class StreamLog:
             session.status = entry.status or "complete"
             session.completion_sent = True
             session.ended_at = now
+            session.interrupted = entry.interrupted  # resume gives the reason (recovery.py)
 
     def live_sessions(self) -> list[tuple[str, Session | None]]:
         """(origin, session) of every session still streaming (None: not resumable here)."""

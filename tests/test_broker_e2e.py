@@ -410,3 +410,47 @@ async def test_two_hypercorn_workers_on_a_broker_are_one_stream(
     finally:
         server.stop()
     assert "refuses" not in server.output() and "Traceback" not in server.output()
+
+
+async def test_a_process_started_later_resumes_from_the_retained_stream(
+    redis: Redis, servers: list[ServerProcess], tmp_path: Path
+) -> None:
+    servers.append(launch(redis.url, tmp_path / "a.log"))
+    a = servers[0]
+    await wait_for_health(a)
+    prompt = "kept in the stream"
+    cm, first = await open_resuming(a.ws_url, {})
+    instance = (await first.receive_type("state_snapshot"))["payload"]["serverInstance"]
+    session_id = await post_prompt(a, prompt)
+    held: list[str] = []
+    with trio.fail_after(DEADLINE):
+        while len(held) < 5:
+            message = await first.receive()
+            if message["type"] == "token_stream":
+                held.extend(message["payload"]["tokens"])
+    await cm.__aexit__(None, None, None)
+
+    servers.append(launch(redis.url, tmp_path / "b.log"))  # after the session was written
+    b = servers[1]
+    await wait_for_health(b)
+    cm, second = await open_resuming(
+        b.ws_url,
+        {
+            "serverInstance": instance,
+            "lastFrame": first.last_frame,
+            "sessions": [{"sessionId": session_id, "tokens": len(held)}],
+        },
+    )
+    snapshot = await second.receive_type("state_snapshot")
+    assert snapshot["payload"]["resumed"] is True
+    tokens = list(held)
+    with trio.fail_after(DEADLINE):
+        while True:
+            message = await second.receive()
+            if message["type"] == "token_stream" and message["payload"]["sessionId"] == session_id:
+                tokens.extend(message["payload"]["tokens"])
+                if message["payload"]["isComplete"]:
+                    break
+    await cm.__aexit__(None, None, None)
+    assert "".join(tokens) == DemoSource(seed=0).text_for(prompt), "no gap, no duplicate"
+    assert "1 session(s) retained" in b.output()

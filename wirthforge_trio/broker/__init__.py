@@ -1,6 +1,7 @@
 """Several processes, one stream: the Redis broker (docs/decisions.md, "Broker").
 
-Imported only when a broker is configured: it needs the ``broker`` extra (coredis).
+Importing the package loads only the address check (``url.py``); the rest needs the
+``broker`` extra (coredis) and is imported by the app only when a broker is configured.
 """
 
 from .url import BrokerURL, BrokerURLError, parse_broker_url

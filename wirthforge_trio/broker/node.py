@@ -162,6 +162,8 @@ class BrokerNode:
         self.refused = 0
         self.hub: Hub | None = None
         self.frame_number: Callable[[], int] = lambda: 0
+        """The last frame this process sent (set by the app: the engine's clock)."""
+        self.frame_rate = 60.0
         self.cancel_local: Callable[[str], bool] = lambda _: False
         """Cancel a session this process runs; whether it did (set by the app)."""
         self._outbox: deque[tuple[str, dict[str, str]]] = deque()
@@ -482,9 +484,18 @@ class BrokerNode:
         except Refused as exc:
             self._refusal(f"stream entry {entry_id} on {self.stream_key}: {exc}")
             return
-        verdict = self.log.apply(entry, self.frame_number(), trio.current_time())
+        # Live, an entry is logged at this process's next frame (when its clients get it);
+        # read back at start-up, at the cluster frame of its id (when it was written).
+        frame = self.frame_number() if deliver else self._frame_of(entry_id)
+        verdict = self.log.apply(entry, frame, trio.current_time())
         if verdict == "deliver" and deliver and self.hub is not None:
             self.hub.publish(entry.event)
+
+    def _frame_of(self, entry_id: str) -> int:
+        """The cluster frame that was the last due when Redis stamped ``entry_id``."""
+        millis, _, _ = entry_id.partition("-")
+        since_ns = int(millis) * 1_000_000 - self.epoch_ns if millis.isdigit() else 0
+        return max(0, int(since_ns * self.frame_rate // 1_000_000_000))
 
     async def _publish_frames(self, client: coredis.Redis[str]) -> None:
         """Publish the lit energy, latest wins; while no other process listens (PUBLISH

@@ -46,6 +46,7 @@ class Broker:
         node = self.node
         engine.resume_log = node.log
         node.frame_number = lambda: engine.clock.frame_number
+        node.frame_rate = engine.clock.rate
         node.cancel_local = self._cancel_local
 
     def joined(self) -> None:

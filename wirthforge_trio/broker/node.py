@@ -55,7 +55,7 @@ log = logging.getLogger("wirthforge_trio.broker")
 ALIVE_TTL_MS: Final = 2000
 """How long a process's liveness key outlives its last refresh."""
 REFRESH_INTERVAL: Final = 0.5
-DEAD_AFTER: Final = 2.5
+DEAD_AFTER: Final = 3.0
 """Seconds a live session's origin must stay without a liveness key to count as dead: longer
 than the longest reconnection backoff, so a Redis restart (which loses every key) does not
 make live processes look dead."""
@@ -381,6 +381,7 @@ class BrokerNode:
     def _came_up(self) -> None:
         was = self.status
         self.status = "up"
+        self._missing_since.clear()  # what was missing before the outage proves nothing now
         if was == "down":
             log.info("broker %s is back; %d event(s) to write", self.url.redacted, self.waiting)
             self._tell_clients(

@@ -32,6 +32,9 @@ CONTENDERS: dict[str, str] = {
     "websockets": "peer: websockets.asyncio.server with broadcast()",
     "wirthforge-broker": "this server on a Redis broker (a fresh redis-server per run)",
 }
+DEFAULT_CONTENDERS = ("wirthforge", "fastapi", "websockets")
+"""Run unless --contenders says otherwise (the broker's cost is measured on request:
+docs/benchmarks/broker.md)."""
 REDIS_SERVER = ("redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
 DEFAULT_CLIENTS = (1, 10, 100, 300, 1000)
 QUICK_CLIENTS = (1, 10, 100)
@@ -478,7 +481,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--contenders",
         type=_contenders,
-        default=list(CONTENDERS),
+        default=list(DEFAULT_CONTENDERS),
         help=f"comma-separated subset of {','.join(CONTENDERS)}",
     )
     p.add_argument(

@@ -111,6 +111,7 @@ def test_an_entry_comes_back_as_it_was_written() -> None:
         ({"v": "1", "o": "p-x", "e": encode(batch("s", ("a",)))}, "offset"),
         ({"v": "1", "o": "p-x", "e": encode(batch("s", (), True)), "n": "0"}, "ended"),
         ({"v": "1", "o": "p-x", "e": b"\xff\xfe"}, "UTF-8"),
+        ({"v": "1", "o": "p-x", "e": encode(error())[:-1] + ',"extra":1}'}, "own form"),
     ],
 )
 def test_foreign_entries_are_refused_with_the_reason(fields: dict[str, object], says: str) -> None:

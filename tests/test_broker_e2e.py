@@ -454,3 +454,14 @@ async def test_a_process_started_later_resumes_from_the_retained_stream(
     await cm.__aexit__(None, None, None)
     assert "".join(tokens) == DemoSource(seed=0).text_for(prompt), "no gap, no duplicate"
     assert "1 session(s) retained" in b.output()
+
+
+async def test_a_foreign_cluster_key_is_refused_and_the_process_serves(
+    redis: Redis, servers: list[ServerProcess], tmp_path: Path
+) -> None:
+    redis.command("SET", "wirthforge:cluster", "someone else's value")
+    servers.append(launch(redis.url, tmp_path / "a.log"))
+    reply = await wait_for_health(servers[0])
+    assert reply["broker"]["refused"] == 1
+    assert "holds no wirthforge cluster" in servers[0].output()
+    assert redis.command("GET", "wirthforge:cluster") == b"someone else's value\n", "untouched"

@@ -106,6 +106,8 @@ def parse_entry(entry_id: str, raw: Mapping[object, object]) -> Entry:
         raise Refused(f"the event is not a contract event ({str(exc)[:120]})") from None
     if isinstance(event, FrameEvent) and not isinstance(event, LOSSLESS_FRAME_EVENTS):
         raise Refused(f"a {event.TYPE} is a frame event, never a stream entry")
+    if encode(event) != text:  # extra fields, another order: not what a server wrote
+        raise Refused(f"a {event.TYPE} not in the codec's own form")
     offset: int | None = None
     status: EndStatus | None = None
     if isinstance(event, TokenStream):

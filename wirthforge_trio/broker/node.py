@@ -490,7 +490,7 @@ class BrokerNode:
         frame = self.frame_number() if deliver else self._frame_of(entry_id)
         verdict = self.log.apply(entry, frame, trio.current_time())
         if verdict == "deliver" and deliver and self.hub is not None:
-            self.hub.publish(entry.event)
+            self.hub.publish(entry.event, entry.text)  # the origin's bytes, everywhere
 
     def _frame_of(self, entry_id: str) -> int:
         """The cluster frame that was the last due when Redis stamped ``entry_id``."""

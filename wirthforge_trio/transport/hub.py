@@ -112,11 +112,13 @@ class Hub:
             connection.offer_frame(frame)
         self.frames_published += 1
 
-    def publish(self, event: Event) -> None:
-        """Encode a lossless event once and queue it for every subscribed connection."""
+    def publish(self, event: Event, text: str | None = None) -> None:
+        """Encode a lossless event once (unless ``text`` is its encoding already, as another
+        process sent it through the broker) and queue it for every subscribed connection."""
         if not self._connections:
             return
-        text = encode(event)
+        if text is None:
+            text = encode(event)
         topic = topic_of(event)
         for connection in self._connections.values():
             connection.deliver(topic, text, event)

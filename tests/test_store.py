@@ -166,3 +166,19 @@ async def test_the_broker_password_is_never_logged(nursery: trio.Nursery) -> Non
     lines = [record.getMessage() for record in records]
     assert any(f"redis://***@127.0.0.1:{guarded.port}/0" in line for line in lines), lines
     assert not any(PASSWORD in line for line in lines)
+
+
+async def test_a_session_of_a_model_no_longer_run_is_dropped_from_the_store(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "log.db"
+    await one_run(path, None, ["a"])
+    store = SqliteLog(path)
+    other = Decipher(["other"], PROFILES["default"], "other")
+    other.log = store
+    other.restore(await store.open("i-other"), trio.current_time(), 1e9)
+    assert not other.sessions
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        nursery.cancel_scope.cancel()
+    assert not (await SqliteLog(path).open("i-third")).sessions

@@ -199,7 +199,10 @@ class Decipher:
         self.run = len(recovered.runs)
         for stored in recovered.sessions:
             if stored.model_id not in self.energies:
-                continue  # a model this server no longer runs: nothing could follow it
+                # A model this server no longer runs: no snapshot could describe it.
+                if self.log is not None:
+                    self.log.sessions_forgotten([stored.session_id])
+                continue
             interrupted = stored.status in ("streaming", "interrupted")
             ended = stored.ended_wall if stored.ended_wall is not None else wall
             self.sessions[stored.session_id] = Session(

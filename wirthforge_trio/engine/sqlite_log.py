@@ -58,6 +58,8 @@ CREATE TABLE IF NOT EXISTS events (
 
 Op = tuple[str, tuple[Any, ...]]
 
+_INSERT_BATCH: Final = "INSERT INTO batches (session_id, tokens) VALUES (?, ?)"
+
 
 class SqliteLog:
     """A :class:`~wirthforge_trio.engine.resume_log.ResumeLog` in one SQLite file."""
@@ -79,6 +81,8 @@ class SqliteLog:
         self._db: sqlite3.Connection | None = None
         self._queue: list[Op] = []
         self._queued = trio.Event()
+        self._first_sent: set[str] = set()
+        """Live sessions whose first published frame is already queued."""
         self.batches_written = 0
         self.write_failures = 0
 
@@ -159,6 +163,8 @@ class SqliteLog:
         try:
             db.execute("BEGIN")
             for sql, args in ops:
+                if sql is _INSERT_BATCH:
+                    args = (args[0], json.dumps(list(args[1]), ensure_ascii=False))
                 db.execute(sql, args)
             db.execute("COMMIT")
             self.batches_written += 1
@@ -192,19 +198,19 @@ class SqliteLog:
     def tokens_published(
         self, session_id: str, tokens: Sequence[str], first_sent_frame: int | None
     ) -> None:
+        # The tokens are encoded in the writer's thread, not on the frame clock's path.
         if tokens:
+            self._put(_INSERT_BATCH, session_id, tokens)
+        if session_id not in self._first_sent:
+            self._first_sent.add(session_id)
             self._put(
-                "INSERT INTO batches (session_id, tokens) VALUES (?, ?)",
+                "UPDATE sessions SET first_sent_frame = ? WHERE id = ?",
+                first_sent_frame,
                 session_id,
-                json.dumps(list(tokens), ensure_ascii=False),
             )
-        self._put(
-            "UPDATE sessions SET first_sent_frame = ? WHERE id = ? AND first_sent_frame IS NULL",
-            first_sent_frame,
-            session_id,
-        )
 
     def session_ended(self, session_id: str, status: str, wall: float) -> None:
+        self._first_sent.discard(session_id)
         self._put(
             "UPDATE sessions SET status = ?, ended_wall = ? WHERE id = ?", status, wall, session_id
         )

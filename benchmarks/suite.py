@@ -30,13 +30,18 @@ CONTENDERS: dict[str, str] = {
     "wirthforge": "this server: hypercorn -k trio wirthforge_trio.app:app",
     "fastapi": "peer: FastAPI on uvicorn[standard], a sender task per connection",
     "websockets": "peer: websockets.asyncio.server with broadcast()",
+    "wirthforge-broker": "this server on a Redis broker (a fresh redis-server per run)",
 }
+DEFAULT_CONTENDERS = ("wirthforge", "fastapi", "websockets")
+"""Run unless --contenders says otherwise (the broker's cost is measured on request:
+docs/benchmarks/broker.md)."""
+REDIS_SERVER = ("redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
 DEFAULT_CLIENTS = (1, 10, 100, 300, 1000)
 QUICK_CLIENTS = (1, 10, 100)
 
 
 def server_command(contender: str, port: int) -> list[str]:
-    if contender == "wirthforge":
+    if contender in ("wirthforge", "wirthforge-broker"):
         return [
             *procs.script("hypercorn"),
             "-k",
@@ -108,8 +113,9 @@ def plan(options: Options) -> list[Run]:
         groups.insert(0, ("idle", 1, options.contenders))
     if options.stalled > 0 and options.stall_n is not None:
         groups.append(("stall", options.stall_n, options.contenders))
-    if options.generation and "wirthforge" in options.contenders:
-        groups.append(("generation", 1, ["wirthforge"]))
+    ours = [c for c in options.contenders if c.startswith("wirthforge")]
+    if options.generation and ours:
+        groups.append(("generation", 1, ours))
     runs: list[Run] = []
     turn = 0
     for repeat in range(options.repeats):
@@ -153,10 +159,21 @@ def measure(run: Run, options: Options, logs: Path) -> dict[str, Any]:
     """Start the contender fresh, load it, measure one window, stop everything."""
     port = procs.free_port()
     env = procs.child_environment(
-        {"WIRTHFORGE_LOG_LEVEL": "WARNING"} if run.contender == "wirthforge" else None
+        {"WIRTHFORGE_LOG_LEVEL": "WARNING"} if run.contender.startswith("wirthforge") else None
     )
     tag = f"r{run.repeat}-{run.scenario}-{run.n}-{run.contender}"
     server_cpus = set(options.server_cpus) or None
+    redis = None
+    if run.contender == "wirthforge-broker":
+        redis_port = procs.free_port()
+        redis = procs.Child(
+            [*REDIS_SERVER, "--port", str(redis_port)],
+            cpus=server_cpus,
+            env=procs.child_environment(),
+            log_path=logs / f"{tag}-redis.log",
+        )
+        env["WIRTHFORGE_BROKER"] = f"redis://127.0.0.1:{redis_port}"
+        time.sleep(0.3)
     server = procs.Child(
         server_command(run.contender, port),
         cpus=server_cpus,
@@ -213,11 +230,15 @@ def measure(run: Run, options: Options, logs: Path) -> dict[str, Any]:
             g.send_json({"start_ns": start_ns, "end_ns": end_ns})
         _sleep_until_ns(start_ns)
         tree = procs.process_tree(server.pid)
+        redis_tree = procs.process_tree(redis.pid) if redis is not None else []
         cpu0 = procs.cpu_time_ns(tree)
+        redis_cpu0 = procs.cpu_time_ns(redis_tree) if redis_tree else 0
         t0 = time.monotonic_ns()
         rss0 = procs.rss_bytes(tree)
         _sleep_until_ns(end_ns)
         cpu1 = procs.cpu_time_ns(tree)
+        if redis_tree:  # Redis's own share, beside the server's
+            result["redis_cpu_ns"] = procs.cpu_time_ns(redis_tree) - redis_cpu0
         t1 = time.monotonic_ns()
         rss1 = procs.rss_bytes(tree)
         if not server.alive():
@@ -242,6 +263,8 @@ def measure(run: Run, options: Options, logs: Path) -> dict[str, Any]:
         for g in generators:
             g.stop(timeout=1.0)
         server.stop(timeout=2.0)
+        if redis is not None:
+            redis.stop(timeout=2.0)
     return result
 
 
@@ -458,7 +481,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--contenders",
         type=_contenders,
-        default=list(CONTENDERS),
+        default=list(DEFAULT_CONTENDERS),
         help=f"comma-separated subset of {','.join(CONTENDERS)}",
     )
     p.add_argument(
@@ -557,6 +580,7 @@ REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "wirthforge": ("hypercorn", "wirthforge_trio"),
     "fastapi": ("fastapi", "uvicorn"),
     "websockets": ("websockets",),
+    "wirthforge-broker": ("hypercorn", "wirthforge_trio", "coredis"),
 }
 
 

@@ -189,6 +189,11 @@ class Settings:
             raise SettingsError(f"port {self.port} is not between 0 (any free port) and 65535")
         if self.demo_speed <= 0:
             raise SettingsError("demo speed must be a positive factor (1 = real time)")
+        if self.broker is not None and self.store is not None:
+            raise SettingsError(
+                "with a broker, Redis is the resume log: unset --store / WIRTHFORGE_STORE "
+                "(or the broker, to keep a single process's log in SQLite)"
+            )
 
     @property
     def store_path(self) -> str | None:

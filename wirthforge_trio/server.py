@@ -148,6 +148,20 @@ class Server:
         return self.engine.submit(prompt, models)
 
 
+async def check_broker(app: WirthforgeApp) -> None:
+    """A broker that cannot be reached stops the start here, as one :class:`SettingsError`
+    (past this point a failure would surface through Hypercorn's lifespan as a traceback)."""
+    broker = app.wirthforge.broker
+    if broker is None:
+        return
+    from .broker.node import BrokerStartError
+
+    try:
+        await broker.node.probe()
+    except BrokerStartError as exc:
+        raise SettingsError(str(exc)) from None
+
+
 async def serve(
     settings: Settings | None = None,
     *,
@@ -165,6 +179,7 @@ async def serve(
     """
     settings = settings if settings is not None else Settings()
     app = app if app is not None else create_app(settings, extra_sources=sources)
+    await check_broker(app)
     sock = bind_listener(
         settings.host,
         settings.port,

@@ -3,13 +3,16 @@ mode, and the settings around it (store and broker URLs, the broker's password n
 
 from __future__ import annotations
 
+import logging
 import stat
 from pathlib import Path
 
 import pytest
 import trio
 
+from tests.support.broker import Redis
 from tests.support.logs import records_logged
+from tests.support.network import free_port
 from tests.support.server import start_server, test_settings
 from wirthforge_trio.config import Settings, SettingsError
 from wirthforge_trio.contract.events import ErrorEvent, ErrorPayload
@@ -147,12 +150,22 @@ def test_a_broker_url_is_kept_and_shown_redacted() -> None:
 
 
 async def test_the_broker_password_is_never_logged(nursery: trio.Nursery) -> None:
-    broker = f"redis://:{PASSWORD}@127.0.0.1:6379/0"
-    with records_logged() as records:
-        server = await start_server(nursery, test_settings(broker=broker, log_level="DEBUG"))
-        server.stop.set()
+    guarded = Redis(port=free_port(), password=PASSWORD)
+    guarded.start()
+    package = logging.getLogger("wirthforge_trio")
+    level = package.level
+    package.setLevel(logging.DEBUG)
+    try:
+        with records_logged() as records:
+            server = await start_server(
+                nursery, test_settings(broker=guarded.url, log_level="DEBUG")
+            )
+            server.stop.set()
+    finally:
+        package.setLevel(level)
+        guarded.stop()
     lines = [record.getMessage() for record in records]
-    assert any("redis://***@127.0.0.1:6379/0" in line for line in lines), lines
+    assert any(f"redis://***@127.0.0.1:{guarded.port}/0" in line for line in lines), lines
     assert not any(PASSWORD in line for line in lines)
 
 

@@ -42,6 +42,7 @@ from tests.support.checks import check_message
 from tests.support.commands import ROOT
 from tests.support.server import RunningServer
 from wirthforge_trio import cli, client, config
+from wirthforge_trio.broker.node import ERROR_CODES as BROKER_ERROR_CODES
 from wirthforge_trio.contract import close_codes
 from wirthforge_trio.contract.codec import decode_client_message, decode_event
 from wirthforge_trio.contract.events import (
@@ -341,6 +342,7 @@ def error_codes_in_code() -> dict[str, tuple[str, str]]:
                     if keyword.arg == "severity" and isinstance(keyword.value, ast.Constant):
                         severity = keyword.value.value
                 codes[first.value] = ("websocket", severity)
+    codes.update(BROKER_ERROR_CODES)  # named constants, sent through one helper
     return codes
 
 

@@ -14,6 +14,7 @@ a frame is never sent before it is due (docs/decisions.md, "Timing and liveness"
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -50,6 +51,9 @@ class FrameClock:
         self._target_ns = 0
         self._due_ns: int | None = None
         self._ready_after: deque[int] = deque(maxlen=LEAD_SAMPLES)
+        self.epoch_ns: int | None = None
+        """When set (wall clock, ns), frame n is due at epoch + n periods instead of n periods
+        after the start: processes sharing an epoch share frame numbers (``broker/``)."""
 
     @property
     def measured_rate(self) -> float:
@@ -69,12 +73,17 @@ class FrameClock:
         origin_ns = self.origin_monotonic_ns = time.monotonic_ns() - int(
             (trio.current_time() - start) * 1e9
         )
+        n = 0
+        if self.epoch_ns is not None:
+            since_ns = max(0, time.time_ns() - self.epoch_ns)
+            n = math.ceil(since_ns / 1e9 * self.rate)  # the first frame due from now on
+            start -= since_ns / 1e9
+            origin_ns = self.origin_monotonic_ns = origin_ns - since_ns
         # On time to the microsecond where the kernel allows (timer.py); virtual clocks in
         # tests have their own time, so they keep Trio's sleep.
         timer = None
         if not isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
             timer = open_timer(round(self.period * 1e9))
-        n = 0
         task_status.started()
         try:
             while True:

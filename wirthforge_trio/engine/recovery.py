@@ -8,7 +8,8 @@ no duplicate.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 from ..contract.events import (
     Event,
@@ -23,12 +24,23 @@ from ..contract.events import (
     models_of,
     topic_of,
 )
-from .decipher import Decipher, Session
+from .decipher import Decipher, Logged, Session
 from .energy import EU_PER_TOKEN
 
 RESTARTED = "server restarted: this is another server instance; resynchronise from scratch"
 UNKNOWN = "not on this server (it restarted, or the session is past retention)"
 INTERRUPTED = "interrupted: its server stopped during the generation; the text is what was kept"
+
+
+class Retained(Protocol):
+    """Where the sessions and history a client resumes from are kept: the Decipher itself in
+    one process, the stream's log on a broker (``broker/log.py``)."""
+
+    @property
+    def sessions(self) -> Mapping[str, Session]: ...
+
+    @property
+    def history(self) -> Iterable[Logged]: ...
 
 
 def catch_up(
@@ -40,12 +52,15 @@ def catch_up(
     wants: Callable[[Event], bool],
     channels: tuple[str, ...],
     subscribed_models: tuple[str, ...] | None,
+    retained: Retained | None = None,
 ) -> list[Event]:
-    """The snapshot, then the missed lossless events, then each session's missing tokens.
+    """The snapshot, then the missed lossless events, then each session's missing tokens
+    (from ``retained``, the Decipher's own by default).
 
     A client of an earlier run of this server's store (``resume_log.py``) resumes too: the
     log is one, and positions are (run, frame).
     """
+    log: Retained = decipher if retained is None else retained
     runs = (*decipher.predecessors, server_instance)
     client_run = runs.index(resume.server_instance) if resume.server_instance in runs else None
     resumed = client_run is not None
@@ -53,8 +68,8 @@ def catch_up(
     if resume.server_instance is not None and not resumed:
         reason = RESTARTED
     held = {h.session_id: h for h in resume.sessions}
-    rows = [_row(session, resumable=True) for session in decipher.sessions.values()]
-    for session_id in held.keys() - decipher.sessions.keys():
+    rows = [_row(session, resumable=True) for session in log.sessions.values()]
+    for session_id in held.keys() - log.sessions.keys():
         rows.append(
             SnapshotSession(
                 session_id=session_id,
@@ -101,10 +116,10 @@ def catch_up(
     if last_frame is not None:
         events.extend(
             logged.event
-            for logged in decipher.history
+            for logged in log.history
             if unseen(logged.run, logged.frame_number) and wants(logged.event)
         )
-    for session in decipher.sessions.values():
+    for session in log.sessions.values():
         batch = _missing_tokens(session, held.get(session.id), last_frame, wall_ms, unseen)
         if batch is not None and wants(batch):
             events.append(batch)

@@ -44,7 +44,7 @@ from ..sources.base import (
 from .clock import FrameClock
 from .decipher import COUNCIL_ID, Decipher, Retention, Session, model_error, model_id_for
 from .energy import EnergyProfile
-from .recovery import catch_up
+from .recovery import Retained, catch_up
 from .resume_log import ResumeLog
 
 log = logging.getLogger("wirthforge_trio.engine")
@@ -176,6 +176,8 @@ class Engine:
         self.log = log
         """Where the resume log is also kept (a store); None: in memory only."""
         self.publisher = publisher
+        self.resume_log: Retained | None = None
+        """Where resuming clients are caught up from; None: the Decipher (``broker/``)."""
         self.clock = FrameClock(frame_rate)
         self.first_token_timeout = first_token_timeout
         self.stall_timeout = stall_timeout
@@ -318,6 +320,7 @@ class Engine:
             wants=wants,
             channels=channels,
             subscribed_models=subscribed_models,
+            retained=self.resume_log,
         )
 
     # -- sessions -------------------------------------------------------------------------------

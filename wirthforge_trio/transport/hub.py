@@ -68,6 +68,15 @@ class Hub:
             self._publish_frame(Frame(number, (message,)))
         self.heartbeats.beat_due(trio.current_time())
 
+    def publish_frame_messages(
+        self, number: int, messages: tuple[tuple[str, tuple[str, ...], str], ...]
+    ) -> None:
+        """As :meth:`publish_frame_text`, for a frame of several encoded messages (a frame
+        merged with another process's energy, ``broker/frames.py``)."""
+        if self._connections:
+            self._publish_frame(Frame(number, messages))
+        self.heartbeats.beat_due(trio.current_time())
+
     def _publish_frame(self, frame: Frame) -> None:
         number = frame.number
         debug = log.isEnabledFor(logging.DEBUG)
@@ -101,11 +110,13 @@ class Hub:
             connection.offer_frame(frame)
         self.frames_published += 1
 
-    def publish(self, event: Event) -> None:
-        """Encode a lossless event once and queue it for every subscribed connection."""
+    def publish(self, event: Event, text: str | None = None) -> None:
+        """Encode a lossless event once (unless ``text`` is its encoding already, as another
+        process sent it through the broker) and queue it for every subscribed connection."""
         if not self._connections:
             return
-        text = encode(event)
+        if text is None:
+            text = encode(event)
         topic = topic_of(event)
         for connection in self._connections.values():
             connection.deliver(topic, text, event)

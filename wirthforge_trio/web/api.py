@@ -162,12 +162,31 @@ async def prompt() -> Any:
     ), 202
 
 
+async def _cancel_elsewhere(state: ServerState, session_id: str) -> Any:
+    """A session another process runs: the cancel goes to it through the broker."""
+    broker = state.broker
+    session = None if broker is None else broker.node.log.sessions.get(session_id)
+    if broker is None or (session is None and session_id not in broker.node.log.origin_of):
+        return json_error(404, f"no session {session_id[:64]!r} on this server", "sessionId")
+    if session is not None and session.status != "streaming":
+        return json_error(409, f"session {session_id} has already ended ({session.status})")
+    if not await broker.node.cancel_remote(session_id):
+        return json_error(
+            503,
+            "the broker is unavailable, so the cancel cannot reach the process running this "
+            "session; try again in a few seconds",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+    return jsonify({"sessionId": session_id, "status": "cancelling"}), 202
+
+
 @api.delete("/prompt/<session_id>")
 async def cancel_prompt(session_id: str) -> Any:
+    state = server_state()
     try:
-        session = server_state().engine.cancel(session_id)
+        session = state.engine.cancel(session_id)
     except UnknownSessionError:
-        return json_error(404, f"no session {session_id[:64]!r} on this server", "sessionId")
+        return await _cancel_elsewhere(state, session_id)
     if session.status != "streaming":
         return json_error(409, f"session {session.id} has already ended ({session.status})")
     return jsonify({"sessionId": session.id, "status": "cancelling"}), 202
@@ -201,16 +220,26 @@ async def health() -> Any:
     state = server_state()
     statuses = {model_id: entry.status for model_id, entry in state.engine.models.items()}
     overall = "ok" if all(v == "ready" for v in statuses.values()) else "degraded"
+    broker = None if state.broker is None else state.broker.node
+    if broker is not None and broker.status != "up":
+        overall = "degraded"
     if http_refusal() is not None:
         return jsonify({"status": overall})  # without the access token: nothing more
-    return jsonify(
-        {
-            "status": overall,
-            "version": __version__,
-            "uptimeSeconds": round(time.monotonic() - state.started_at, 3),
-            "models": statuses,
+    body: dict[str, Any] = {
+        "status": overall,
+        "version": __version__,
+        "uptimeSeconds": round(time.monotonic() - state.started_at, 3),
+        "models": statuses,
+    }
+    if broker is not None:  # the address is in the operator's settings, never shown here
+        body["broker"] = {
+            "status": broker.status,
+            "process": broker.origin,
+            "outages": broker.outages,
+            "held": broker.waiting,
+            "refused": broker.refused,
         }
-    )
+    return jsonify(body)
 
 
 def _port_counters(connection: Connection) -> dict[str, int | None]:

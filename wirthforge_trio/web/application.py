@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import sniffio
 import trio
@@ -17,6 +17,7 @@ from quart import request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from ..broker.url import BrokerURLError, parse_broker_url
 from ..config import Settings, SettingsError, detect_tier
 from ..contract.close_codes import CLOSE_GOING_AWAY
 from ..contract.events import Capability
@@ -38,6 +39,9 @@ from .api import api
 from .errors import http_error, json_error
 from .page import page
 from .state import ServerState
+
+if TYPE_CHECKING:  # the broker needs its extra (coredis) only when one is configured
+    from ..broker.wiring import Broker
 from .websocket import socket_route
 
 log = logging.getLogger("wirthforge_trio")
@@ -135,6 +139,23 @@ def configure_logging(level: str) -> None:
     log.setLevel(level.upper())
 
 
+def _broker(settings: Settings, hub: Hub, retention: Retention) -> Broker | None:
+    """The Redis broker the settings name (None: one process, as without one)."""
+    if settings.broker is None:
+        return None
+    try:
+        from ..broker.wiring import Broker as RedisBroker
+    except ImportError:
+        raise SettingsError(
+            "a broker needs the Redis client: pip install 'wirthforge-trio[broker]'"
+        ) from None
+    try:
+        url = parse_broker_url(settings.broker)
+    except BrokerURLError as exc:
+        raise SettingsError(str(exc)) from None
+    return RedisBroker(url, hub, retention)
+
+
 def _store(settings: Settings) -> SqliteLog | None:
     """The resume store of ``settings``, opened now so a bad path stops the start at once."""
     if settings.store_path is None:
@@ -147,22 +168,26 @@ def _store(settings: Settings) -> SqliteLog | None:
 
 def _server_state(settings: Settings, extra_sources: Sequence[ModelSource]) -> ServerState:
     hub = Hub(HeartbeatSweep(settings.heartbeat_interval))
+    retention = Retention(
+        sessions=settings.retention_sessions,
+        events=settings.retention_events,
+        seconds=settings.retention_seconds,
+    )
+    broker = _broker(settings, hub, retention)
     engine = Engine(
         [*build_sources(settings), *extra_sources],
-        hub,
+        hub if broker is None else broker.publisher,
         PROFILES[settings.profile],
         first_token_timeout=settings.first_token_timeout,
         stall_timeout=settings.stall_timeout,
         check_interval=settings.model_check_interval,
         preload=settings.preload,
         max_tokens=settings.max_tokens,
-        retention=Retention(
-            sessions=settings.retention_sessions,
-            events=settings.retention_events,
-            seconds=settings.retention_seconds,
-        ),
+        retention=retention,
         log=_store(settings),
     )
+    if broker is not None:
+        broker.bind(engine)
     capabilities: tuple[Capability, ...] = ("visualization",)
     if len(engine.models) > 1:
         capabilities = ("council", "visualization")
@@ -179,7 +204,22 @@ def _server_state(settings: Settings, extra_sources: Sequence[ModelSource]) -> S
         ),
         body_cap=max(MAX_PROMPT_BODY, 6 * settings.max_prompt_bytes + 4096),
         startup_capabilities=capabilities,
+        broker=broker,
     )
+
+
+async def _start_broker(app: WirthforgeApp, broker: Broker) -> None:
+    """Join the broker before the engine starts (its frame numbers and instance id come
+    from the cluster); a broker out of reach stops the server with one line naming the fix."""
+    from ..broker.node import BrokerStartError
+
+    try:
+        await app.nursery.start(broker.node.run)
+    except BrokerStartError as exc:
+        if fastpath.in_hypercorn_worker():  # Hypercorn's CLI: one line, and its exit status
+            refuse_to_start(f"ERROR: wirthforge-trio: {exc}")
+        raise SettingsError(str(exc)) from None  # serve() checked the broker before this
+    broker.joined()
 
 
 def create_app(
@@ -201,6 +241,8 @@ def create_app(
 
     @app.before_serving
     async def start_engine() -> None:
+        if state.broker is not None:
+            await _start_broker(app, state.broker)
         await app.nursery.start(state.engine.run)
         tune_gc()
         log.info(
@@ -214,11 +256,6 @@ def create_app(
         log.info("send path: %s (%s)", send_path.path, send_path.reason)
         if settings.store_path is not None:
             log.info("resume log kept in %s", settings.store_path)
-        if settings.broker is not None:
-            log.warning(
-                "broker %s is set, but this version cannot use it yet: this process streams alone",
-                settings.broker_redacted,
-            )
 
     @app.after_serving
     async def stop_engine() -> None:
@@ -226,6 +263,8 @@ def create_app(
             await state.hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
         state.hub.abort_remaining()
         state.engine.stop()
+        if state.broker is not None:
+            await state.broker.node.close()
 
     @app.errorhandler(HTTPException)
     async def any_http_error(error: HTTPException) -> Any:
@@ -263,37 +302,26 @@ def refuse_to_start(message: str, *, status: int = 2) -> None:
     os._exit(status)
 
 
-BROKER_AVAILABLE: Final = False
-"""Whether this version can join processes through the broker; until then a broker URL is
-checked and kept in Settings, and nothing is split."""
-
-
 def several_workers_refusal(workers: int | None, settings: Settings) -> str | None:
     """The one line that stops a worker that would split the stream, or None to serve.
 
     Several workers behind one listening socket each have their own engine: without a broker
     a prompt would reach only the clients of the worker that took it (docs/decisions.md,
-    "One worker unless a broker").
+    "One worker unless a broker"); with one, they are one stream (``broker/``).
     """
-    if workers is None or workers <= 1:
+    if workers is None or workers <= 1 or settings.broker is not None:
         return None
-    if settings.broker is not None and BROKER_AVAILABLE:
-        return None
-    fix = "run one worker (hypercorn -w 1, or `wirthforge serve`)"
-    if settings.broker is None:
-        why = "without a broker each would stream alone"
-        fix += " or set a broker (WIRTHFORGE_BROKER=redis://HOST:PORT)"
-    else:
-        why = (
-            f"the broker {settings.broker_redacted} is set but this version cannot use it "
-            "yet, so each would stream alone"
-        )
-    return f"ERROR: wirthforge-trio refuses {workers} Hypercorn workers: {why}; {fix}."
+    return (
+        f"ERROR: wirthforge-trio refuses {workers} Hypercorn workers: without a broker each "
+        "would stream alone; run one worker (hypercorn -w 1, or `wirthforge serve`) or set a "
+        "broker (WIRTHFORGE_BROKER=redis://HOST:PORT)."
+    )
 
 
 def app_from_environment() -> WirthforgeApp:
     """The app for ``hypercorn -k trio wirthforge_trio.app:app``: settings from the
-    ``WIRTHFORGE_*`` environment, and a one-line error naming the fix for a bad one."""
+    ``WIRTHFORGE_*`` environment, and a one-line error naming the fix for a bad one (or for
+    several workers without a broker)."""
     try:
         settings = Settings.from_env()
         refusal = several_workers_refusal(fastpath.hypercorn_workers(), settings)

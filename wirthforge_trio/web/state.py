@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from quart import current_app
@@ -20,6 +20,11 @@ from ..protocol.limits import RateLimit
 from ..security import AccessPolicy, BrowserPolicy, ConnectionLimiter, LogThrottle, Refusal
 from ..transport.connection import Connection
 from ..transport.hub import Hub
+
+if TYPE_CHECKING:  # the broker needs its extra (coredis) only when one is configured
+    from ..broker.wiring import Broker
+else:
+    Broker = Any
 
 log = logging.getLogger("wirthforge_trio")
 
@@ -42,6 +47,8 @@ class ServerState:
     started_at: float = attrs.field(factory=time.monotonic)
     startup_capabilities: tuple[Capability, ...] = ("visualization",)
     throttle: LogThrottle = attrs.field(factory=LogThrottle)
+    broker: Broker | None = None
+    """The Redis broker, when several processes share one stream (``broker/``)."""
 
     def log_refusal(self, refusal: Refusal, remote: str | None, what: str) -> None:
         """One line per kind of refusal per 10 s; the token itself is never logged."""

@@ -1,0 +1,612 @@
+"""One process's link to the Redis broker: its tasks, in one nursery, and their faults.
+
+Every lossless event the engine publishes goes to the outbox and from there to one Redis
+Stream (XADD); every process, this one included, reads that stream (XREAD BLOCK) and hands
+each event to its own hub, so all clients everywhere get the same events in the same order.
+Energy frames of lit models go by pub/sub, latest wins (``frames.py``). A liveness key per
+process lets the others end the sessions of a process that died; a Redis outage degrades
+``/health``, tells the clients, keeps the outbox and reconnects with backoff
+(docs/decisions.md, "Broker").
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Literal
+
+import anyio
+import coredis
+import coredis.exceptions
+import orjson
+import trio
+from coredis.tokens import PureToken
+
+from ..contract.events import (
+    ErrorEvent,
+    ErrorPayload,
+    Event,
+    FrameEvent,
+    TokenStream,
+    TokenStreamPayload,
+    wall_ms,
+)
+from ..engine.decipher import Retention
+from ..transport.hub import Hub
+from .entries import (
+    Refused,
+    cancel_message,
+    entry_fields,
+    frame_message,
+    parse_cancel,
+    parse_entry,
+    parse_frame,
+)
+from .frames import OutgoingFrame, RemoteFrames
+from .log import StreamLog
+from .url import BrokerURL
+
+log = logging.getLogger("wirthforge_trio.broker")
+
+ALIVE_TTL_MS: Final = 2000
+"""How long a process's liveness key outlives its last refresh."""
+REFRESH_INTERVAL: Final = 0.5
+DEAD_AFTER: Final = 3.0
+"""Seconds a live session's origin must stay without a liveness key to count as dead: longer
+than the longest reconnection backoff, so a Redis restart (which loses every key) does not
+make live processes look dead."""
+BACKOFF_FIRST: Final = 0.1
+BACKOFF_MAX: Final = 2.0
+CLOSE_TIMEOUT: Final = 1.0
+ALONE_RECHECK: Final = 1.0
+"""Seconds between frames published while no other process listens (a newcomer's energy
+view waits at most this long)."""
+STARTUP_TIMEOUT: Final = 10.0
+READ_BLOCK_MS: Final = 5000
+"""An idle reader wakes this often (a lost connection ends the wait at once anyway)."""
+TRIM_EVERY: Final = 10
+"""Refreshes between two trims of the stream by age (5 s)."""
+READ_COUNT: Final = 512
+BATCHES_PER_SESSION: Final = 1000
+"""Stream entries allowed per retained session in the count bound (MAXLEN ~)."""
+REFUSAL_LOG_INTERVAL: Final = 10.0
+
+BROKER_UNAVAILABLE: Final = "BROKER_UNAVAILABLE"
+BROKER_RESTORED: Final = "BROKER_RESTORED"
+SESSION_INTERRUPTED: Final = "SESSION_INTERRUPTED"
+
+ERROR_CODES: Final = {
+    BROKER_UNAVAILABLE: ("orchestrator", "error"),
+    BROKER_RESTORED: ("orchestrator", "info"),
+    SESSION_INTERRUPTED: ("orchestrator", "error"),
+}
+"""The codes of the error_events the broker sends: (component, severity), as documented in
+docs/protocol.md, "Error codes"."""
+
+BrokerStatus = Literal["connecting", "up", "down"]
+
+_REDIS_ERRORS: Final = (
+    coredis.exceptions.RedisError,
+    OSError,
+    trio.TooSlowError,
+    anyio.ClosedResourceError,
+    anyio.BrokenResourceError,
+    anyio.EndOfStream,
+)
+"""What a lost connection, a refused command or the client's own teardown raise."""
+
+
+class BrokerStartError(RuntimeError):
+    """The broker could not be reached at start-up; the message names the fix."""
+
+
+def _only_redis_errors(exc: BaseException) -> bool:
+    """Whether ``exc`` (a group, maybe) holds nothing but connection or command failures."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_redis_errors(e) for e in exc.exceptions)
+    return isinstance(exc, _REDIS_ERRORS)
+
+
+def _str(value: str | bytes) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def _teardown_only(exc: BaseException) -> bool:
+    """Whether ``exc`` holds only what the client raises while it is being cancelled."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_teardown_only(e) for e in exc.exceptions)
+    return isinstance(exc, (*_REDIS_ERRORS, trio.Cancelled))
+
+
+def _first_error(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _describe(exc: BaseException) -> str:
+    """A failure in one line, without anything of the URL (coredis quotes host:port only)."""
+    exc = _first_error(exc)
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+class BrokerNode:
+    """This process on the broker. Start :meth:`run` in a nursery before the engine."""
+
+    def __init__(
+        self, url: BrokerURL, retention: Retention, *, namespace: str = "wirthforge"
+    ) -> None:
+        self.url = url
+        self.retention = retention
+        self.origin = f"p-{uuid.uuid4().hex[:16]}"
+        """This process on the broker (its liveness key, the origin of what it writes)."""
+        self.cluster_id = ""
+        """The server instance clients see: the same on every process of one broker."""
+        self.epoch_ns = 0
+        """When frame 0 was due (wall clock, ns): every process numbers frames from it."""
+        self.stream_key = f"{namespace}:events"
+        self.frames_channel = f"{namespace}:frames"
+        self.cancel_channel = f"{namespace}:cancel"
+        self.cluster_key = f"{namespace}:cluster"
+        self.alive_prefix = f"{namespace}:alive:"
+        self.ended_prefix = f"{namespace}:ended:"
+        self.log = StreamLog(retention)
+        self.remote = RemoteFrames()
+        self.outgoing = OutgoingFrame()
+        self.status: BrokerStatus = "connecting"
+        self.outages = 0
+        self.refused = 0
+        self.hub: Hub | None = None
+        self.frame_number: Callable[[], int] = lambda: 0
+        """The last frame this process sent (set by the app: the engine's clock)."""
+        self.frame_rate = 60.0
+        self.cancel_local: Callable[[str], bool] = lambda _: False
+        """Cancel a session this process runs; whether it did (set by the app)."""
+        self._outbox: deque[tuple[str, dict[str, str]]] = deque()
+        self._outbox_ready = trio.Event()
+        self._frame_ready = trio.Event()
+        self._drained = trio.Event()
+        self._offsets: dict[str, int] = {}
+        self._last_id = "0-0"
+        self._client: coredis.Redis[str] | None = None
+        self._scope: trio.CancelScope | None = None
+        self._missing_since: dict[str, float] = {}
+        self._last_refusal_log = -math.inf
+
+    # -- what the engine and the app call (never await) ----------------------------------------
+
+    def send(self, event: Event, status: str | None = None) -> None:
+        """Queue a lossless event for the stream; ``status`` ends a session's last batch."""
+        offset: int | None = None
+        if isinstance(event, TokenStream):
+            sid = event.payload.session_id
+            offset = self._offsets.get(sid, 0)
+            if event.payload.is_complete:
+                self._offsets.pop(sid, None)
+                status = status or "complete"
+            else:
+                self._offsets[sid] = offset + len(event.payload.tokens)
+                status = None
+        else:
+            status = None
+        self._queue(entry_fields(self.origin, event, offset=offset, status=status))
+
+    def _queue(self, fields: dict[str, str]) -> None:
+        self._outbox.append((self.stream_key, fields))
+        self._outbox_ready.set()
+
+    def offer_frame(self, events: Sequence[FrameEvent], lit: frozenset[str]) -> None:
+        if self.outgoing.offer(events, lit):
+            self._frame_ready.set()
+
+    @property
+    def waiting(self) -> int:
+        """Events not yet written to the stream."""
+        return len(self._outbox)
+
+    async def cancel_remote(self, session_id: str) -> bool:
+        """Ask the process running ``session_id`` to cancel it; False when Redis is down."""
+        client = self._client
+        if client is None or self.status != "up":
+            return False
+        try:
+            with trio.fail_after(2):
+                await client.publish(self.cancel_channel, cancel_message(self.origin, session_id))
+        except _REDIS_ERRORS as exc:
+            log.warning("could not pass on a cancel: %s", _describe(exc))
+            return False
+        return True
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def close(self) -> None:
+        """Write what is held and withdraw this process's liveness key (so the others end
+        its live sessions at once rather than after the key expires), within a second; then
+        stop."""
+        client = self._client
+        if client is not None and self.status == "up":
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                try:
+                    if self._outbox:  # the writer task writes them, in order
+                        self._drained = trio.Event()
+                        await self._drained.wait()
+                    await client.delete([f"{self.alive_prefix}{self.origin}"])
+                except _REDIS_ERRORS as exc:
+                    log.warning("could not leave the broker cleanly: %s", _describe(exc))
+        self.stop()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, read the retained stream, then keep every task up until cancelled,
+        reconnecting with backoff after a failure."""
+        with trio.CancelScope() as self._scope:
+            try:
+                with trio.fail_after(STARTUP_TIMEOUT):
+                    await self._first_contact()
+            except BaseException as exc:
+                if isinstance(exc, trio.Cancelled) or not _only_redis_errors(exc):
+                    raise
+                raise BrokerStartError(self._unreachable(exc)) from None
+            log.info(
+                "broker %s: process %s in cluster %s, %d session(s) retained",
+                self.url.redacted,
+                self.origin,
+                self.cluster_id,
+                len(self.log.sessions),
+            )
+            task_status.started()
+            try:
+                await self._keep_connected()
+            except BaseException as exc:
+                # Stopping cancels the client mid-teardown, and its pub/sub cleanup can raise
+                # (coredis 6.9: ClosedResourceError); that is the end we asked for.
+                stopping = self._scope.cancel_called or (
+                    trio.current_effective_deadline() == -math.inf  # the app is cancelling us
+                )
+                if not (stopping and _teardown_only(exc)):
+                    raise
+                log.debug("broker client stopped: %s", _describe(exc))
+
+    async def probe(self) -> None:
+        """Connect and PING once: a :class:`BrokerStartError` naming the fix if that fails
+        (``serve()`` asks before it starts Hypercorn, so the error is one line)."""
+        try:
+            with trio.fail_after(STARTUP_TIMEOUT):
+                async with self._connect() as client:
+                    await client.ping()
+        except BaseException as exc:
+            if isinstance(exc, trio.Cancelled) or not _only_redis_errors(exc):
+                raise
+            raise BrokerStartError(self._unreachable(exc)) from None
+
+    def _unreachable(self, exc: BaseException) -> str:
+        return (
+            f"cannot reach the broker at {self.url.redacted} ({_describe(exc)}); start "
+            "Redis there, or fix WIRTHFORGE_BROKER / --broker (and its password)"
+        )
+
+    async def _first_contact(self) -> None:
+        async with self._connect() as client:
+            await self._join_cluster(client)
+            await self._read_retained(client)
+
+    def _connect(self) -> Any:
+        return coredis.Redis.from_url(
+            self.url.url, decode_responses=True, connect_timeout=2.0, stream_timeout=None
+        )
+
+    async def _join_cluster(self, client: coredis.Redis[str]) -> None:
+        """The cluster's id and frame epoch: the first process sets them, the others read."""
+        if not self.cluster_id:
+            proposal = {"id": f"c-{uuid.uuid4().hex[:16]}", "epochNs": time.time_ns()}
+        else:
+            proposal = {"id": self.cluster_id, "epochNs": self.epoch_ns}
+        await client.set(self.cluster_key, orjson.dumps(proposal).decode(), condition=PureToken.NX)
+        raw = await client.get(self.cluster_key)
+        try:
+            found = orjson.loads(raw or "")
+            cluster_id, epoch = found["id"], found["epochNs"]
+            if not isinstance(cluster_id, str) or not isinstance(epoch, int):
+                raise TypeError
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            self._refusal(
+                f"the key {self.cluster_key} holds no wirthforge cluster; using this "
+                "process's own (delete the key to clear it)"
+            )
+            cluster_id, epoch = proposal["id"], proposal["epochNs"]
+        if self.cluster_id and cluster_id != self.cluster_id:
+            log.warning(
+                "the broker's cluster changed (%s, was %s): it lost its data; this process "
+                "keeps its own numbering",
+                cluster_id,
+                self.cluster_id,
+            )
+            return
+        self.cluster_id, self.epoch_ns = str(cluster_id), int(epoch)
+
+    async def _read_retained(self, client: coredis.Redis[str]) -> None:
+        """The stream as it is, oldest first, into the resume log (nobody is connected yet)."""
+        start = "-"
+        while True:
+            entries = await client.xrange(self.stream_key, start, "+", count=READ_COUNT)
+            for entry in entries:
+                self._take(_str(entry.identifier), entry.field_values, deliver=False)
+            if len(entries) < READ_COUNT:
+                return
+            start = f"({_str(entries[-1].identifier)}"
+
+    async def _keep_connected(self) -> None:
+        backoff = BACKOFF_FIRST
+        first = True
+        while True:
+            started = trio.current_time()
+            try:
+                await self._session(rejoin=not first)
+            except BaseException as exc:
+                if isinstance(exc, trio.Cancelled) or not _only_redis_errors(exc):
+                    raise
+                self._went_down(exc)
+            first = False
+            if trio.current_time() - started > 10 * BACKOFF_MAX:
+                backoff = BACKOFF_FIRST
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _session(self, *, rejoin: bool) -> None:
+        async with self._connect() as client:
+            if rejoin:
+                await self._join_cluster(client)
+            await client.set(f"{self.alive_prefix}{self.origin}", "1", px=ALIVE_TTL_MS)
+            self._client = client
+            self._came_up()
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._read, client)
+                    nursery.start_soon(self._write, client)
+                    nursery.start_soon(self._publish_frames, client)
+                    nursery.start_soon(self._subscribe, client)
+                    nursery.start_soon(self._keep_alive, client)
+            finally:
+                self._client = None
+
+    # -- state changes ---------------------------------------------------------------------------
+
+    def _came_up(self) -> None:
+        was = self.status
+        self.status = "up"
+        self._missing_since.clear()  # what was missing before the outage proves nothing now
+        if was == "down":
+            log.info("broker %s is back; %d event(s) to write", self.url.redacted, self.waiting)
+            self._tell_clients(
+                "info",
+                BROKER_RESTORED,
+                "the broker is back: the stream goes on, and events held meanwhile follow",
+            )
+
+    def _went_down(self, exc: BaseException) -> None:
+        self._client = None
+        if self.status == "down":
+            return
+        self.status = "down"
+        self.outages += 1
+        live = [sid for sid in self.log.origin_of]
+        log.warning(
+            "broker %s unavailable (%s); %d live session(s), %d event(s) held; reconnecting",
+            self.url.redacted,
+            _describe(exc),
+            len(live),
+            self.waiting,
+        )
+        self._tell_clients(
+            "error",
+            BROKER_UNAVAILABLE,
+            "the broker (Redis) is unavailable: live sessions pause here until it is back; "
+            "the server reconnects by itself",
+            {"liveSessions": live[:64], "held": self.waiting},
+        )
+
+    def _tell_clients(
+        self,
+        severity: Literal["info", "error"],
+        code: str,
+        message: str,
+        details: dict[str, object] | None = None,
+    ) -> None:
+        """An error_event to this process's own clients (the stream may be what failed)."""
+        if self.hub is None:
+            return
+        self.hub.publish(
+            ErrorEvent(
+                timestamp=wall_ms(),
+                payload=ErrorPayload(
+                    severity=severity,
+                    code=code,
+                    message=message,
+                    component="orchestrator",
+                    details=details,
+                    recoverable=True,
+                ),
+            )
+        )
+
+    def _refusal(self, reason: str) -> None:
+        """One log line per kind of foreign data, at most every 10 s (never the data)."""
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._last_refusal_log >= REFUSAL_LOG_INTERVAL:
+            self._last_refusal_log = now
+            log.warning("refused data on the broker: %s (%d refused so far)", reason, self.refused)
+
+    # -- the tasks -------------------------------------------------------------------------------
+
+    async def _write(self, client: coredis.Redis[str]) -> None:
+        """Write the outbox in order; an entry leaves it only once Redis has it."""
+        cap = self.retention.events + max(self.retention.sessions, 1) * BATCHES_PER_SESSION
+        while True:
+            while self._outbox:
+                key, fields = self._outbox[0]
+                await client.xadd(
+                    key,
+                    fields,
+                    trim_strategy=PureToken.MAXLEN,
+                    threshold=cap,
+                    trim_operator=PureToken.APPROXIMATELY,
+                )
+                self._outbox.popleft()
+            self._drained.set()
+            self._outbox_ready = trio.Event()
+            await self._outbox_ready.wait()
+
+    async def _read(self, client: coredis.Redis[str]) -> None:
+        while True:
+            try:
+                found = await client.xread(
+                    {self.stream_key: self._last_id}, count=READ_COUNT, block=READ_BLOCK_MS
+                )
+            except coredis.exceptions.WrongTypeError:
+                self._refusal(
+                    f"the key {self.stream_key} is not a stream; delete it to let the cluster go on"
+                )
+                raise
+            for entry in (found or {}).get(self.stream_key, ()):
+                self._take(_str(entry.identifier), entry.field_values, deliver=True)
+
+    def _take(self, entry_id: str, fields: Any, *, deliver: bool) -> None:
+        self._last_id = entry_id
+        try:
+            entry = parse_entry(entry_id, fields)
+        except Refused as exc:
+            self._refusal(f"stream entry {entry_id} on {self.stream_key}: {exc}")
+            return
+        # Live, an entry is logged at this process's next frame (when its clients get it);
+        # read back at start-up, at the cluster frame of its id (when it was written).
+        frame = self.frame_number() if deliver else self._frame_of(entry_id)
+        verdict = self.log.apply(entry, frame, trio.current_time())
+        if verdict == "deliver" and deliver and self.hub is not None:
+            self.hub.publish(entry.event, entry.text)  # the origin's bytes, everywhere
+
+    def _frame_of(self, entry_id: str) -> int:
+        """The cluster frame that was the last due when Redis stamped ``entry_id``."""
+        millis, _, _ = entry_id.partition("-")
+        since_ns = int(millis) * 1_000_000 - self.epoch_ns if millis.isdigit() else 0
+        return max(0, int(since_ns * self.frame_rate // 1_000_000_000))
+
+    async def _publish_frames(self, client: coredis.Redis[str]) -> None:
+        """Publish the lit energy, latest wins; while no other process listens (PUBLISH
+        counts the receivers, this one included), only once a second, to notice one."""
+        alone_until = -math.inf
+        while True:
+            self._frame_ready = trio.Event()
+            if trio.current_time() < alone_until:
+                self.outgoing.take()  # nobody else to show it to
+            texts = self.outgoing.take()
+            if texts:
+                receivers = await client.publish(
+                    self.frames_channel, frame_message(self.origin, texts)
+                )
+                if receivers <= 1:
+                    alone_until = trio.current_time() + ALONE_RECHECK
+                continue
+            await self._frame_ready.wait()
+
+    async def _subscribe(self, client: coredis.Redis[str]) -> None:
+        async with client.pubsub(
+            channels=[self.frames_channel, self.cancel_channel], ignore_subscribe_messages=True
+        ) as pubsub:
+            async for message in pubsub:
+                if message["type"] != "message":
+                    continue
+                try:
+                    if message["channel"] == self.frames_channel:
+                        origin, events = parse_frame(message["data"])
+                        if origin != self.origin:
+                            self.remote.offer(events, trio.current_time())
+                    else:
+                        session_id = parse_cancel(message["data"])
+                        if self.cancel_local(session_id):
+                            log.info("session %s cancelled from another process", session_id)
+                except Refused as exc:
+                    self._refusal(f"a message on {_str(message['channel'])}: {exc}")
+
+    async def _keep_alive(self, client: coredis.Redis[str]) -> None:
+        """Refresh this process's liveness key, trim the stream by age, and end the live
+        sessions of processes that stopped refreshing theirs."""
+        alive_key = f"{self.alive_prefix}{self.origin}"
+        refreshes = 0
+        while True:
+            await client.set(alive_key, "1", px=ALIVE_TTL_MS)
+            if refreshes % TRIM_EVERY == 0:
+                oldest = max(0, int(time.time() * 1000 - self.retention.seconds * 1000))
+                await client.xtrim(
+                    self.stream_key, PureToken.MINID, oldest, trim_operator=PureToken.APPROXIMATELY
+                )
+                self.log.forget(trio.current_time())
+            refreshes += 1
+            await self._end_orphans(client)
+            await trio.sleep(REFRESH_INTERVAL)
+
+    async def _end_orphans(self, client: coredis.Redis[str]) -> None:
+        now = trio.current_time()
+        origins = {o for o in self.log.origin_of.values() if o != self.origin}
+        for origin in list(self._missing_since):
+            if origin not in origins:
+                del self._missing_since[origin]
+        for origin in origins:
+            if await client.exists([f"{self.alive_prefix}{origin}"]):
+                self._missing_since.pop(origin, None)
+                continue
+            since = self._missing_since.setdefault(origin, now)
+            if now - since < DEAD_AFTER:
+                continue
+            for sid in self.log.live_ids_of(origin):
+                if sid not in self.log.sessions:
+                    continue  # its start is not in this process's log: another ends it
+                claimed = await client.set(
+                    f"{self.ended_prefix}{sid}",
+                    self.origin,
+                    condition=PureToken.NX,
+                    ex=max(1, int(self.retention.seconds)),
+                )
+                if claimed:
+                    self._write_interrupted(sid, origin)
+
+    def _write_interrupted(self, sid: str, origin: str) -> None:
+        """The end of a session whose process died: an error_event, then its last batch."""
+        session = self.log.sessions[sid]
+        model_id, tokens = session.model_id, len(session.tokens)
+        log.warning("process %s stopped mid-generation: ending its session %s", origin, sid)
+        error = ErrorEvent(
+            timestamp=wall_ms(),
+            payload=ErrorPayload(
+                severity="error",
+                code=SESSION_INTERRUPTED,
+                message=(
+                    f"session {sid} of model {model_id} was interrupted: the server process "
+                    "running it stopped; its text so far is kept, send the prompt again"
+                ),
+                component="orchestrator",
+                details={"sessionId": sid, "modelId": model_id, "tokensReceived": tokens},
+                recoverable=True,
+            ),
+        )
+        self._queue(entry_fields(self.origin, error))
+        end = TokenStream(
+            timestamp=wall_ms(),
+            payload=TokenStreamPayload(
+                tokens=(),
+                is_complete=True,
+                session_id=sid,
+                model_id=model_id,
+                energy_cost=0.0,
+            ),
+        )
+        self._queue(
+            entry_fields(self.origin, end, offset=tokens, status="failed", interrupted=True)
+        )

@@ -258,20 +258,18 @@ def measure(run: Run, options: Options, logs: Path) -> dict[str, Any]:
         redis_tree = procs.process_tree(redis.pid) if redis is not None else []
         if workers > 1:  # the set-up's whole cost: supervisor, workers and redis-server
             tree += redis_tree
-        cpu0 = procs.cpu_time_ns(tree)
-        worker_cpu0 = [procs.cpu_time_ns([p]) for p in spawned]
-        redis_cpu0 = procs.cpu_time_ns(redis_tree) if redis_tree else 0
+        # Read per process, once, so that the parts (workers, Redis) add up to the whole.
+        parts0 = {p.pid: procs.cpu_time_ns([p]) for p in (*tree, *redis_tree)}
+        cpu0 = sum(parts0[p.pid] for p in tree)
         t0 = time.monotonic_ns()
         rss0 = procs.rss_bytes(tree)
         _sleep_until_ns(end_ns)
-        cpu1 = procs.cpu_time_ns(tree)
+        parts1 = {p.pid: procs.cpu_time_ns([p]) for p in (*tree, *redis_tree)}
+        cpu1 = sum(parts1[p.pid] for p in tree)
         if spawned:  # each worker's share: is one of them the bottleneck?
-            result["worker_cpu_ns"] = [
-                procs.cpu_time_ns([p]) - before
-                for p, before in zip(spawned, worker_cpu0, strict=True)
-            ]
+            result["worker_cpu_ns"] = [parts1[p.pid] - parts0[p.pid] for p in spawned]
         if redis_tree:  # Redis's own share, beside the server's
-            result["redis_cpu_ns"] = procs.cpu_time_ns(redis_tree) - redis_cpu0
+            result["redis_cpu_ns"] = sum(parts1[p.pid] - parts0[p.pid] for p in redis_tree)
         t1 = time.monotonic_ns()
         rss1 = procs.rss_bytes(tree)
         if not server.alive():

@@ -217,3 +217,61 @@ def rss_bytes(processes: Sequence[psutil.Process]) -> int:
         with contextlib.suppress(psutil.Error):
             total += process.memory_info().rss
     return total
+
+
+def worker_processes(tree: Sequence[psutil.Process]) -> list[psutil.Process]:
+    """The workers a Hypercorn supervisor spawned (``multiprocessing`` spawn children, which
+    carry ``--multiprocessing-fork``), not its resource tracker."""
+    import psutil
+
+    found = []
+    for process in tree[1:]:
+        with contextlib.suppress(psutil.Error):
+            if "--multiprocessing-fork" in process.cmdline():
+                found.append(process)
+    return found
+
+
+def connections_on(process: psutil.Process, port: int) -> int:
+    """Established TCP connections the process holds on its local ``port``."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        return sum(
+            1
+            for c in process.net_connections(kind="tcp")
+            if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port
+        )
+    return 0
+
+
+def redis_keys(port: int, pattern: str, timeout: float = 1.0) -> list[str]:
+    """``KEYS pattern`` on a loopback redis-server, spoken in RESP over a plain socket (the
+    runner is synchronous; this is its only Redis command)."""
+    parts = [b"KEYS", pattern.encode()]
+    request = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        reader = sock.makefile("rb")
+        head = reader.readline()
+        if not head.startswith(b"*"):
+            raise RuntimeError(f"redis answered {head.strip()!r} to KEYS")
+        keys = []
+        for _ in range(int(head[1:])):
+            size = int(reader.readline()[1:])
+            keys.append(reader.read(size + 2)[:-2].decode(errors="replace"))
+        return keys
+
+
+def wait_redis_keys(port: int, pattern: str, count: int, timeout: float) -> None:
+    """Wait until at least ``count`` keys match ``pattern`` (each broker process keeps a
+    liveness key, so this is "every worker has joined")."""
+    deadline = time.monotonic() + timeout
+    found: list[str] = []
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            found = redis_keys(port, pattern)
+            if len(found) >= count:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"{len(found)} of {count} workers joined the broker after {timeout:g} s")

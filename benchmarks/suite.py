@@ -31,21 +31,29 @@ CONTENDERS: dict[str, str] = {
     "fastapi": "peer: FastAPI on uvicorn[standard], a sender task per connection",
     "websockets": "peer: websockets.asyncio.server with broadcast()",
     "wirthforge-broker": "this server on a Redis broker (a fresh redis-server per run)",
+    "wirthforge-broker-w2": "this server as two Hypercorn workers on a Redis broker "
+    "(hypercorn -w 2; CPU and RSS of the supervisor, both workers and redis-server)",
 }
+BROKER_CONTENDERS = ("wirthforge-broker", "wirthforge-broker-w2")
+"""Contenders that get a fresh redis-server per run and ``WIRTHFORGE_BROKER`` pointing at it."""
+WORKERS: dict[str, int] = {"wirthforge-broker-w2": 2}
+"""Hypercorn workers per contender (1 when absent)."""
 DEFAULT_CONTENDERS = ("wirthforge", "fastapi", "websockets")
-"""Run unless --contenders says otherwise (the broker's cost is measured on request:
-docs/benchmarks/broker.md)."""
+"""Run unless --contenders says otherwise (the broker's cost and two workers on it are
+measured on request: docs/benchmarks/broker.md)."""
 REDIS_SERVER = ("redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
 DEFAULT_CLIENTS = (1, 10, 100, 300, 1000)
 QUICK_CLIENTS = (1, 10, 100)
 
 
 def server_command(contender: str, port: int) -> list[str]:
-    if contender in ("wirthforge", "wirthforge-broker"):
+    if contender in ("wirthforge", *BROKER_CONTENDERS):
+        workers = WORKERS.get(contender, 1)
         return [
             *procs.script("hypercorn"),
             "-k",
             "trio",
+            *(("-w", str(workers)) if workers > 1 else ()),
             "--bind",
             f"127.0.0.1:{port}",
             "wirthforge_trio.app:app",
@@ -163,8 +171,15 @@ def measure(run: Run, options: Options, logs: Path) -> dict[str, Any]:
     )
     tag = f"r{run.repeat}-{run.scenario}-{run.n}-{run.contender}"
     server_cpus = set(options.server_cpus) or None
+    workers = WORKERS.get(run.contender, 1)
+    if workers > 1 and server_cpus is not None:
+        # Several workers get every CPU the runner may use (docs/benchmarks/broker.md, "Two
+        # workers on Redis against one process"): pinned to one core they could not be more
+        # than one process; the load generator keeps its own pinning.
+        server_cpus |= set(options.load_cpus)
     redis = None
-    if run.contender == "wirthforge-broker":
+    redis_port = 0
+    if run.contender in BROKER_CONTENDERS:
         redis_port = procs.free_port()
         redis = procs.Child(
             [*REDIS_SERVER, "--port", str(redis_port)],
@@ -184,9 +199,13 @@ def measure(run: Run, options: Options, logs: Path) -> dict[str, Any]:
     result: dict[str, Any] = {**asdict(run), "port": port, "errors": []}
     try:
         status = procs.wait_ready(server, port, options.start_timeout)
+        if workers > 1:  # /status answered from one worker; the others must be up too
+            procs.wait_redis_keys(redis_port, "*:alive:*", workers, options.start_timeout)
         clock = status["clock"]
         time.sleep(0.3)
         tree = procs.process_tree(server.pid)
+        if workers > 1 and redis is not None:
+            tree += procs.process_tree(redis.pid)
         rss_idle = procs.rss_bytes(tree)
 
         n_procs = max(1, min(options.loadgen_procs, run.n))
@@ -228,17 +247,29 @@ def measure(run: Run, options: Options, logs: Path) -> dict[str, Any]:
         end_ns = start_ns + int(options.seconds * 1e9)
         for g in generators:
             g.send_json({"start_ns": start_ns, "end_ns": end_ns})
+        spawned: list[Any] = []
+        if workers > 1:  # how the kernel spread the clients, counted during the warm-up
+            spawned = procs.worker_processes(procs.process_tree(server.pid))
+            result["workers"] = len(spawned)
+            result["server_cpus"] = sorted(server_cpus) if server_cpus else None
+            result["worker_connections"] = [procs.connections_on(p, port) for p in spawned]
         _sleep_until_ns(start_ns)
         tree = procs.process_tree(server.pid)
         redis_tree = procs.process_tree(redis.pid) if redis is not None else []
-        cpu0 = procs.cpu_time_ns(tree)
-        redis_cpu0 = procs.cpu_time_ns(redis_tree) if redis_tree else 0
+        if workers > 1:  # the set-up's whole cost: supervisor, workers and redis-server
+            tree += redis_tree
+        # Read per process, once, so that the parts (workers, Redis) add up to the whole.
+        parts0 = {p.pid: procs.cpu_time_ns([p]) for p in (*tree, *redis_tree)}
+        cpu0 = sum(parts0[p.pid] for p in tree)
         t0 = time.monotonic_ns()
         rss0 = procs.rss_bytes(tree)
         _sleep_until_ns(end_ns)
-        cpu1 = procs.cpu_time_ns(tree)
+        parts1 = {p.pid: procs.cpu_time_ns([p]) for p in (*tree, *redis_tree)}
+        cpu1 = sum(parts1[p.pid] for p in tree)
+        if spawned:  # each worker's share: is one of them the bottleneck?
+            result["worker_cpu_ns"] = [parts1[p.pid] - parts0[p.pid] for p in spawned]
         if redis_tree:  # Redis's own share, beside the server's
-            result["redis_cpu_ns"] = procs.cpu_time_ns(redis_tree) - redis_cpu0
+            result["redis_cpu_ns"] = sum(parts1[p.pid] - parts0[p.pid] for p in redis_tree)
         t1 = time.monotonic_ns()
         rss1 = procs.rss_bytes(tree)
         if not server.alive():
@@ -581,6 +612,7 @@ REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "fastapi": ("fastapi", "uvicorn"),
     "websockets": ("websockets",),
     "wirthforge-broker": ("hypercorn", "wirthforge_trio", "coredis"),
+    "wirthforge-broker-w2": ("hypercorn", "wirthforge_trio", "coredis"),
 }
 
 
@@ -626,6 +658,11 @@ def main(argv: list[str] | None = None) -> int:
         f"N {options.clients}, {options.seconds:g} s windows, {options.repeats} repeat(s); "
         + (
             f"server on CPU {options.server_cpus}, load on CPU {options.load_cpus}"
+            + (
+                " (several workers: every CPU)"
+                if any(WORKERS.get(c, 1) > 1 for c in options.contenders)
+                else ""
+            )
             if options.pin
             else "no CPU pinning"
         ),

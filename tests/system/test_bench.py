@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -300,6 +301,36 @@ def test_heartbeats_can_go_unanswered(tmp_path: Path) -> None:
     assert r["heartbeat_responses"] == 0
     assert r["closed_during_window"] == 0
     assert r["frames_received"] > 0
+
+
+def test_two_workers_on_redis_are_one_measured_set_up(tmp_path: Path) -> None:
+    """``wirthforge-broker-w2`` (issue 24): both workers joined before the clients connect,
+    every client is held by one of them, and the CPU covers supervisor, workers and Redis."""
+    require_linux()
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed: `apt-get install redis-server`")
+    assert "wirthforge-broker-w2" not in suite.DEFAULT_CONTENDERS  # run only on request
+    code = run.main(
+        [
+            *("--contenders", "wirthforge-broker-w2", "--clients", "3", "--seconds", "1"),
+            *("--repeats", "1", "--warmup", "0.3", "--grace", "0.3", "--stalled", "0"),
+            *("--no-generation", "--no-plots", "--out", str(tmp_path)),
+        ]
+    )
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert code == 0, document["runs"]
+    command = document["meta"]["server_commands"]["wirthforge-broker-w2"]
+    assert command[command.index("-w") + 1] == "2"
+    [r] = [r for r in document["runs"] if r["scenario"] == "fanout"]
+    assert r["workers"] == 2
+    assert sum(r["worker_connections"]) == 3
+    assert r["delivery"] > 0 and r["connect_failed"] == 0 and r["negative_latencies"] == 0
+    assert r["redis_cpu_ns"] > 0
+    assert all(ns > 0 for ns in r["worker_cpu_ns"])  # each worker runs its own frame clock
+    tree_ns = r["cpu_pct"] / 100 * r["window_seconds"] * 1e9  # window rounded to 0.1 ms
+    assert tree_ns >= (sum(r["worker_cpu_ns"]) + r["redis_cpu_ns"]) * 0.999
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert r["server_cpus"] == sorted(os.sched_getaffinity(0))
 
 
 def test_peers_send_the_servers_json(results: dict[str, Any]) -> None:

@@ -76,17 +76,20 @@ def token_text(sid: str, tokens: list[str], *, complete: bool = False, timestamp
     )
 
 
-def frame(number: int) -> str:
-    return encode(
-        EnergyUpdate(
-            timestamp=4,
-            frame_number=number,
-            payload=EnergyUpdatePayload(
-                total_energy=0.0,
-                delta_energy=0.0,
-                tokens_generated=0,
-                processing_time=0.1,
-                model_id="demo",
-            ),
-        )
+def frame_event(number: int) -> EnergyUpdate:
+    """The demo model's energy_update at rest, as frame ``number``."""
+    return EnergyUpdate(
+        timestamp=4,
+        frame_number=number,
+        payload=EnergyUpdatePayload(
+            total_energy=0.0,
+            delta_energy=0.0,
+            tokens_generated=0,
+            processing_time=0.1,
+            model_id="demo",
+        ),
     )
+
+
+def frame(number: int) -> str:
+    return encode(frame_event(number))

@@ -8,10 +8,9 @@ from typing import Any
 import pytest
 import trio
 
+from tests.support.events import frame_event
 from wirthforge_trio.contract import codec
 from wirthforge_trio.contract.events import (
-    EnergyUpdate,
-    EnergyUpdatePayload,
     RewardEvent,
     RewardPayload,
     TokenStream,
@@ -43,20 +42,6 @@ def connection(name: str) -> Connection:
         remote="test",
         heartbeats=HeartbeatSweep(1.0),
         frame_rate=lambda: 60.0,
-    )
-
-
-def frame_event(n: int) -> EnergyUpdate:
-    return EnergyUpdate(
-        timestamp=1,
-        frame_number=n,
-        payload=EnergyUpdatePayload(
-            total_energy=0.0,
-            delta_energy=0.0,
-            tokens_generated=0,
-            processing_time=0.1,
-            model_id="demo",
-        ),
     )
 
 

@@ -3,6 +3,8 @@ WebSocket clients (docs/decisions.md, "Broker")."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -140,12 +142,25 @@ async def test_energy_of_a_remote_generation_reaches_the_other_process_at_frame_
     assert lit >= 0.8 * len(during), f"A's energy in {lit} of B's {len(during)} frames"
 
 
-async def open_resuming(url: str, resume: dict[str, Any]) -> tuple[Any, CheckedClient]:
-    cm = connect_checked(url + "?resume=1")
-    client: CheckedClient = await cm.__aenter__()
-    assert (await client.receive())["type"] == "startup_complete"
-    await client.send({"type": "resume", "payload": resume})
-    return cm, client
+@asynccontextmanager
+async def resuming(url: str, resume: dict[str, Any]) -> AsyncIterator[CheckedClient]:
+    """A client on ``url?resume=1`` that has sent ``resume``, for an ``async with`` block."""
+    async with connect_checked(url + "?resume=1") as client:
+        assert (await client.receive())["type"] == "startup_complete"
+        await client.send({"type": "resume", "payload": resume})
+        yield client
+
+
+async def rest_of_session(client: CheckedClient, session_id: str, held: list[str]) -> str:
+    """``held`` and every token ``client`` receives of the session after it, to its end."""
+    tokens = list(held)
+    with trio.fail_after(DEADLINE):
+        while True:
+            message = await client.receive()
+            if message["type"] == "token_stream" and message["payload"]["sessionId"] == session_id:
+                tokens.extend(message["payload"]["tokens"])
+                if message["payload"]["isComplete"]:
+                    return "".join(tokens)
 
 
 async def test_a_client_reconnecting_to_the_other_process_resumes_exactly(
@@ -153,43 +168,32 @@ async def test_a_client_reconnecting_to_the_other_process_resumes_exactly(
 ) -> None:
     a, b = await two_processes(redis, servers, tmp_path, WIRTHFORGE_DEMO_SPEED="1.5")
     prompt = "resume me on the other process"
-    cm, first = await open_resuming(a.ws_url, {})
-    snapshot = await first.receive_type("state_snapshot")
-    instance = snapshot["payload"]["serverInstance"]
-    session_id = await post_prompt(a, prompt)
     held: list[str] = []
-    with trio.fail_after(DEADLINE):
-        while len(held) < 8:
-            message = await first.receive()
-            if message["type"] == "token_stream":
-                assert not message["payload"]["isComplete"], "the test needs a longer answer"
-                held.extend(message["payload"]["tokens"])
-    await cm.__aexit__(None, None, None)
+    async with resuming(a.ws_url, {}) as first:
+        snapshot = await first.receive_type("state_snapshot")
+        instance = snapshot["payload"]["serverInstance"]
+        session_id = await post_prompt(a, prompt)
+        with trio.fail_after(DEADLINE):
+            while len(held) < 8:
+                message = await first.receive()
+                if message["type"] == "token_stream":
+                    assert not message["payload"]["isComplete"], "the test needs a longer answer"
+                    held.extend(message["payload"]["tokens"])
     await trio.sleep(0.3)  # A's model writes on while the client is away
 
-    cm, second = await open_resuming(
-        b.ws_url,
-        {
-            "serverInstance": instance,
-            "lastFrame": first.last_frame,
-            "sessions": [{"sessionId": session_id, "tokens": len(held)}],
-        },
-    )
-    snapshot = await second.receive()
-    assert snapshot["type"] == "state_snapshot"
-    assert snapshot["payload"]["resumed"] is True, "one cluster: the same server instance"
-    (row,) = [s for s in snapshot["payload"]["sessions"] if s["sessionId"] == session_id]
-    assert row["resumable"] is True and row["tokens"] >= len(held)
-    tokens = list(held)
-    with trio.fail_after(DEADLINE):
-        while True:
-            message = await second.receive()
-            if message["type"] == "token_stream" and message["payload"]["sessionId"] == session_id:
-                tokens.extend(message["payload"]["tokens"])
-                if message["payload"]["isComplete"]:
-                    break
-    await cm.__aexit__(None, None, None)
-    assert "".join(tokens) == DemoSource(seed=0).text_for(prompt), "no gap, no duplicate"
+    resume = {
+        "serverInstance": instance,
+        "lastFrame": first.last_frame,
+        "sessions": [{"sessionId": session_id, "tokens": len(held)}],
+    }
+    async with resuming(b.ws_url, resume) as second:
+        snapshot = await second.receive()
+        assert snapshot["type"] == "state_snapshot"
+        assert snapshot["payload"]["resumed"] is True, "one cluster: the same server instance"
+        (row,) = [s for s in snapshot["payload"]["sessions"] if s["sessionId"] == session_id]
+        assert row["resumable"] is True and row["tokens"] >= len(held)
+        text = await rest_of_session(second, session_id, held)
+    assert text == DemoSource(seed=0).text_for(prompt), "no gap, no duplicate"
 
 
 async def test_a_process_killed_mid_generation_has_its_session_ended_by_another(
@@ -208,11 +212,8 @@ async def test_a_process_killed_mid_generation_has_its_session_ended_by_another(
     assert error["details"]["sessionId"] == session_id
     assert on_b.batches[-1] == (session_id, (), True), "the end adds no token"
 
-    cm, client = await open_resuming(
-        b.ws_url, {"sessions": [{"sessionId": session_id, "tokens": 0}]}
-    )
-    snapshot = await client.receive_type("state_snapshot")
-    await cm.__aexit__(None, None, None)
+    async with resuming(b.ws_url, {"sessions": [{"sessionId": session_id, "tokens": 0}]}) as client:
+        snapshot = await client.receive_type("state_snapshot")
     (row,) = [s for s in snapshot["payload"]["sessions"] if s["sessionId"] == session_id]
     assert row["status"] == "failed", "reported interrupted, not complete nor left streaming"
     assert row["reason"].startswith("interrupted"), row
@@ -414,40 +415,29 @@ async def test_a_process_started_later_resumes_from_the_retained_stream(
     a = servers[0]
     await wait_for_health(a)
     prompt = "kept in the stream"
-    cm, first = await open_resuming(a.ws_url, {})
-    instance = (await first.receive_type("state_snapshot"))["payload"]["serverInstance"]
-    session_id = await post_prompt(a, prompt)
     held: list[str] = []
-    with trio.fail_after(DEADLINE):
-        while len(held) < 5:
-            message = await first.receive()
-            if message["type"] == "token_stream":
-                held.extend(message["payload"]["tokens"])
-    await cm.__aexit__(None, None, None)
+    async with resuming(a.ws_url, {}) as first:
+        instance = (await first.receive_type("state_snapshot"))["payload"]["serverInstance"]
+        session_id = await post_prompt(a, prompt)
+        with trio.fail_after(DEADLINE):
+            while len(held) < 5:
+                message = await first.receive()
+                if message["type"] == "token_stream":
+                    held.extend(message["payload"]["tokens"])
 
     servers.append(launch(redis.url, tmp_path / "b.log"))  # after the session was written
     b = servers[1]
     await wait_for_health(b)
-    cm, second = await open_resuming(
-        b.ws_url,
-        {
-            "serverInstance": instance,
-            "lastFrame": first.last_frame,
-            "sessions": [{"sessionId": session_id, "tokens": len(held)}],
-        },
-    )
-    snapshot = await second.receive_type("state_snapshot")
-    assert snapshot["payload"]["resumed"] is True
-    tokens = list(held)
-    with trio.fail_after(DEADLINE):
-        while True:
-            message = await second.receive()
-            if message["type"] == "token_stream" and message["payload"]["sessionId"] == session_id:
-                tokens.extend(message["payload"]["tokens"])
-                if message["payload"]["isComplete"]:
-                    break
-    await cm.__aexit__(None, None, None)
-    assert "".join(tokens) == DemoSource(seed=0).text_for(prompt), "no gap, no duplicate"
+    resume = {
+        "serverInstance": instance,
+        "lastFrame": first.last_frame,
+        "sessions": [{"sessionId": session_id, "tokens": len(held)}],
+    }
+    async with resuming(b.ws_url, resume) as second:
+        snapshot = await second.receive_type("state_snapshot")
+        assert snapshot["payload"]["resumed"] is True
+        text = await rest_of_session(second, session_id, held)
+    assert text == DemoSource(seed=0).text_for(prompt), "no gap, no duplicate"
     assert "1 session(s) retained" in b.output()
 
 

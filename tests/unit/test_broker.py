@@ -17,9 +17,11 @@ from wirthforge_trio.broker.entries import (
     parse_cancel,
     parse_entry,
     parse_frame,
+    stamped,
 )
 from wirthforge_trio.broker.frames import OutgoingFrame, RemoteFrames
 from wirthforge_trio.broker.log import StreamLog
+from wirthforge_trio.broker.node import RELEASE_LAG, BrokerNode
 from wirthforge_trio.broker.url import BrokerURLError, parse_broker_url
 from wirthforge_trio.config import Settings, SettingsError
 from wirthforge_trio.contract.codec import encode
@@ -27,12 +29,15 @@ from wirthforge_trio.contract.events import (
     ErrorEvent,
     ErrorPayload,
     Event,
+    InterferenceEvent,
+    InterferencePayload,
     TokenStream,
     TokenStreamPayload,
 )
 from wirthforge_trio.engine.clock import FrameClock
 from wirthforge_trio.engine.decipher import Retention
 from wirthforge_trio.engine.energy import energy_update
+from wirthforge_trio.transport.hub import Hub
 from wirthforge_trio.web import create_app
 
 
@@ -89,13 +94,14 @@ def test_a_bad_address_names_the_fix_without_the_password(url: str, says: str) -
 
 def test_an_entry_comes_back_as_it_was_written() -> None:
     fields = entry_fields("p-1", batch("s-1", ("a", "b"), done=True), offset=3, status="failed")
-    entry = parse_entry("1-0", fields)
+    entry = parse_entry("1-0", stamped(fields, 42))
     assert entry.event == batch("s-1", ("a", "b"), done=True)
-    assert (entry.origin, entry.offset, entry.status, entry.interrupted) == (
+    assert (entry.origin, entry.offset, entry.status, entry.interrupted, entry.written_frame) == (
         "p-1",
         3,
         "failed",
         False,
+        42,
     )
     assert entry.text == encode(entry.event)
 
@@ -104,14 +110,20 @@ def test_an_entry_comes_back_as_it_was_written() -> None:
     ("fields", "says"),
     [
         ({"hello": "world"}, "not a wirthforge entry"),
-        ({"v": "1", "o": "bad origin!", "e": "{}"}, "origin"),
-        ({"v": "1", "o": "p-x"}, "no event"),
-        ({"v": "1", "o": "p-x", "e": "{not json"}, "not a contract event"),
-        ({"v": "1", "o": "p-x", "e": encode(energy_update("demo", 1.0, 1, 0.1, 1, 1))}, "frame"),
-        ({"v": "1", "o": "p-x", "e": encode(batch("s", ("a",)))}, "offset"),
-        ({"v": "1", "o": "p-x", "e": encode(batch("s", (), True)), "n": "0"}, "ended"),
-        ({"v": "1", "o": "p-x", "e": b"\xff\xfe"}, "UTF-8"),
-        ({"v": "1", "o": "p-x", "e": encode(error())[:-1] + ',"extra":1}'}, "own form"),
+        ({"v": "1", "o": "p-x", "f": "1", "e": encode(error())}, "not a wirthforge entry"),
+        ({"v": "2", "o": "bad origin!", "f": "1", "e": "{}"}, "origin"),
+        ({"v": "2", "o": "p-x", "e": encode(error())}, "frame it was written at"),
+        ({"v": "2", "o": "p-x", "f": "-1", "e": encode(error())}, "frame it was written at"),
+        ({"v": "2", "o": "p-x", "f": "1"}, "no event"),
+        ({"v": "2", "o": "p-x", "f": "1", "e": "{not json"}, "not a contract event"),
+        (
+            {"v": "2", "o": "p-x", "f": "1", "e": encode(energy_update("demo", 1.0, 1, 0.1, 1, 1))},
+            "frame",
+        ),
+        ({"v": "2", "o": "p-x", "f": "1", "e": encode(batch("s", ("a",)))}, "offset"),
+        ({"v": "2", "o": "p-x", "f": "1", "e": encode(batch("s", (), True)), "n": "0"}, "ended"),
+        ({"v": "2", "o": "p-x", "f": "1", "e": b"\xff\xfe"}, "UTF-8"),
+        ({"v": "2", "o": "p-x", "f": "1", "e": encode(error())[:-1] + ',"extra":1}'}, "own form"),
     ],
 )
 def test_foreign_entries_are_refused_with_the_reason(fields: dict[str, object], says: str) -> None:
@@ -135,43 +147,160 @@ def test_frames_and_cancels_round_trip_and_garbage_is_refused() -> None:
 # -- the stream's log --------------------------------------------------------------------------
 
 
-def entry(n: int, event: Event, offset: int | None = None, status: str | None = None) -> Entry:
-    return parse_entry(f"{n}-0", entry_fields("p-1", event, offset=offset, status=status))
+def entry(
+    n: int, event: Event, offset: int | None = None, status: str | None = None, frame: int = 0
+) -> Entry:
+    fields = entry_fields("p-1", event, offset=offset, status=status)
+    return parse_entry(f"{n}-0", stamped(fields, frame))
+
+
+def apply(log: StreamLog, written: Entry, seen_by: int, now: float) -> str:
+    return log.apply(written, written.event, seen_by, now)
 
 
 def test_the_log_takes_each_batch_once_and_in_order() -> None:
     log = StreamLog(Retention())
-    assert log.apply(entry(1, batch("s-1", ("a", "b")), 0), 10, 0.0) == "deliver"
-    assert log.apply(entry(2, batch("s-1", ("a", "b")), 0), 11, 0.0) == "duplicate"
-    assert log.apply(entry(3, batch("s-1", ("c",), True), 2, "cancelled"), 12, 0.0) == "deliver"
+    assert apply(log, entry(1, batch("s-1", ("a", "b")), 0), 11, 0.0) == "deliver"
+    assert apply(log, entry(2, batch("s-1", ("a", "b")), 0), 11, 0.0) == "duplicate"
+    assert apply(log, entry(3, batch("s-1", ("c",), True), 2, "cancelled"), 12, 0.0) == "deliver"
     session = log.sessions["s-1"]
     assert (session.text, session.status, session.first_sent_frame) == ("abc", "cancelled", 11)
     assert session.completion_sent and not log.origin_of
-    assert log.apply(entry(4, batch("s-1", ("late",)), 3), 13, 0.0) == "refuse"
-    assert log.apply(entry(5, error()), 13, 0.0) == "deliver"
+    assert apply(log, entry(4, batch("s-1", ("late",)), 3), 13, 0.0) == "refuse"
+    assert apply(log, entry(5, error()), 14, 0.0) == "deliver"
     assert [logged.frame_number for logged in log.history] == [14]
 
 
 def test_a_gap_or_a_missing_beginning_is_never_offered_for_resuming() -> None:
     log = StreamLog(Retention())
-    assert log.apply(entry(1, batch("s-1", ("x",)), 5), 1, 0.0) == "deliver"
+    assert apply(log, entry(1, batch("s-1", ("x",)), 5), 1, 0.0) == "deliver"
     assert "s-1" not in log.sessions and log.origin_of == {"s-1": "p-1"}
-    log.apply(entry(2, batch("s-2", ("a",)), 0), 1, 0.0)
-    log.apply(entry(3, batch("s-2", ("c",)), 2), 1, 0.0)
+    apply(log, entry(2, batch("s-2", ("a",)), 0), 1, 0.0)
+    apply(log, entry(3, batch("s-2", ("c",)), 2), 1, 0.0)
     assert "s-2" not in log.sessions, "a token is missing: the text would be wrong"
 
 
 def test_the_log_keeps_the_servers_retention() -> None:
     log = StreamLog(Retention(sessions=2, events=3, seconds=100.0))
     for i in range(4):
-        log.apply(entry(i, batch(f"s-{i}", ("t",), True), 0, "complete"), 1, float(i))
-        log.apply(entry(i, error()), 1, float(i))
-    log.apply(entry(9, batch("s-live", ("t",)), 0), 1, 4.0)
+        apply(log, entry(i, batch(f"s-{i}", ("t",), True), 0, "complete"), 1, float(i))
+        apply(log, entry(i, error()), 1, float(i))
+    apply(log, entry(9, batch("s-live", ("t",)), 0), 1, 4.0)
     log.forget(5.0)
     assert list(log.sessions) == ["s-3", "s-live"], "by count, live ones kept"
     assert len(log.history) == 3
     log.forget(200.0)
     assert list(log.sessions) == ["s-live"] and not log.history, "by age"
+
+
+# -- the frame a lossless event goes with ------------------------------------------------------
+
+
+class RecordingHub(Hub):
+    """A hub that keeps what it was given to send, with the frame last sent at the time."""
+
+    def __init__(self, frame: list[int]) -> None:
+        super().__init__()
+        self.frame = frame
+        self.sent: list[tuple[int, Event]] = []
+
+    def publish(self, event: Event, text: str | None = None) -> None:
+        assert text == encode(event), "the text sent is the event's own"
+        self.sent.append((self.frame[0], event))
+
+
+def process_at(frame: list[int]) -> tuple[BrokerNode, RecordingHub]:
+    """A broker node whose clock has last sent ``frame[0]`` (no Redis: fed by hand)."""
+    node = BrokerNode(parse_broker_url("redis://localhost"), Retention())
+    node.hub = hub = RecordingHub(frame)
+    node.frame_number = lambda: frame[0]
+    return node, hub
+
+
+def council(frame: int) -> InterferenceEvent:
+    return InterferenceEvent(
+        timestamp=1,
+        frame_number=frame,
+        payload=InterferencePayload(
+            pattern_type="constructive", models=("a", "b"), intensity=0.5, coherence_score=0.5
+        ),
+    )
+
+
+def tick(node: BrokerNode, frame: list[int], number: int) -> None:
+    """What the publisher does each tick: release, then the frame goes out."""
+    node.release(number)
+    frame[0] = number
+
+
+def fields_of(
+    event: Event, frame: int, offset: int | None = None, status: str | None = None
+) -> dict[str, str]:
+    return stamped(entry_fields("p-origin", event, offset=offset, status=status), frame)
+
+
+async def test_two_processes_reading_either_side_of_a_frame_send_and_log_alike() -> None:
+    """The event is due RELEASE_LAG frames after it was written, on every process, whenever
+    each read it: so a client's lastFrame means the same events on each."""
+    logged = []
+    for read_at in (100, 101):  # A reads before its tick 101, B just after it
+        frame = [read_at]
+        node, hub = process_at(frame)
+        node.read_entry("1-0", fields_of(council(100), 100), deliver=True)
+        node.read_entry("1-1", fields_of(error(), 100), deliver=True)
+        tick(node, frame, 101)
+        assert hub.sent == [], "not due yet"
+        while frame[0] < 100 + RELEASE_LAG:
+            tick(node, frame, frame[0] + 1)
+        assert [event.TYPE for _, event in hub.sent] == ["error_event", "interference_event"], (
+            "a council event, which carries the frame number, goes after the frame's others"
+        )
+        assert {at for at, _ in hub.sent} == {100 + RELEASE_LAG - 1}, "sent just before the frame"
+        assert isinstance(hub.sent[1][1], InterferenceEvent)
+        assert hub.sent[1][1].frame_number == 100 + RELEASE_LAG, "renumbered to its frame"
+        logged.append([(h.frame_number, h.event) for h in node.log.history])
+        assert node.late == 0 and not node.held
+    assert logged[0] == logged[1]
+    assert [frame for frame, _ in logged[0]] == [100 + RELEASE_LAG] * 2
+
+
+async def test_tokens_go_at_once_but_never_ahead_of_a_held_error() -> None:
+    frame = [100]
+    node, hub = process_at(frame)
+    node.read_entry("1-0", fields_of(batch("s-1", ("a",)), 100, offset=0), deliver=True)
+    assert [e.TYPE for _, e in hub.sent] == ["token_stream"], "a token batch is not held"
+    assert node.log.sessions["s-1"].first_sent_frame == 101
+    node.read_entry("2-0", fields_of(error(), 100), deliver=True)
+    node.read_entry("2-1", fields_of(batch("s-1", ("b",), True), 100, 1, "complete"), deliver=True)
+    assert len(hub.sent) == 1, "the session's error comes before its last batch"
+    tick(node, frame, 101)
+    assert len(hub.sent) == 1
+    tick(node, frame, 102)
+    assert [e.TYPE for _, e in hub.sent] == ["token_stream", "error_event", "token_stream"]
+    assert node.log.sessions["s-1"].text == "ab" and node.log.sessions["s-1"].completion_sent
+
+
+async def test_an_event_read_after_its_frame_goes_with_the_next_and_is_counted_late(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    frame = [105]
+    node, hub = process_at(frame)
+    node.read_entry("1-0", fields_of(error(), 100), deliver=True)
+    assert hub.sent == []
+    tick(node, frame, 106)
+    assert [at for at, _ in hub.sent] == [105]
+    assert [h.frame_number for h in node.log.history] == [106], "what its own clients saw"
+    assert node.late == 1 and "after the frame it was due with" in caplog.text
+
+
+async def test_entries_read_at_start_up_are_logged_by_their_frame_and_not_sent() -> None:
+    frame = [-1]
+    node, hub = process_at(frame)
+    node.read_entry("1-0", fields_of(batch("s-1", ("a",)), 50, offset=0), deliver=False)
+    node.read_entry("1-1", fields_of(error(), 50), deliver=False)
+    assert hub.sent == [] and not node.held
+    assert node.log.sessions["s-1"].first_sent_frame == 51
+    assert [h.frame_number for h in node.log.history] == [50 + RELEASE_LAG]
 
 
 # -- frames across processes -------------------------------------------------------------------

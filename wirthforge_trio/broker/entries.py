@@ -2,9 +2,10 @@
 
 Three kinds of message, each tagged with a format version and the process that wrote it:
 
-- a **stream entry**: one lossless event as its wire text, plus for a ``token_stream`` how
-  many of the session's tokens came before it (so a gap is seen, never papered over) and,
-  on the last batch, how the session ended;
+- a **stream entry**: one lossless event as its wire text, the cluster frame its writer was
+  at when it wrote it (every process delivers and logs it by that frame), plus for a
+  ``token_stream`` how many of the session's tokens came before it (so a gap is seen, never
+  papered over) and, on the last batch, how the session ended;
 - a **frame** (pub/sub): the energy events a process built for its lit models in one tick;
 - a **cancel** (pub/sub): a session id whose origin should stop it.
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Final, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 import attrs
 import orjson
@@ -30,7 +31,7 @@ from ..contract.events import (
     TokenStream,
 )
 
-VERSION: Final = "1"
+VERSION: Final = "2"
 ORIGIN_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SESSION_PATTERN: Final = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 EndStatus = Literal["complete", "failed", "cancelled"]
@@ -51,6 +52,8 @@ class Entry:
     event: Event
     text: str
     """The event's wire text, as the origin encoded it (sent on without encoding again)."""
+    written_frame: int = 0
+    """The cluster frame its writer had last sent when it wrote the entry."""
     offset: int | None = None
     """For a token_stream: the session's tokens before this batch."""
     status: EndStatus | None = None
@@ -67,7 +70,8 @@ def entry_fields(
     status: str | None = None,
     interrupted: bool = False,
 ) -> dict[str, str]:
-    """The field-value pairs of a stream entry for ``event``."""
+    """The field-value pairs of a stream entry for ``event`` (the writer adds its frame,
+    :func:`stamped`, when it writes the entry)."""
     fields = {"v": VERSION, "o": origin, "e": encode(event)}
     if offset is not None:
         fields["n"] = str(offset)
@@ -76,6 +80,11 @@ def entry_fields(
     if interrupted:
         fields["x"] = "1"
     return fields
+
+
+def stamped(fields: dict[str, str], frame: int) -> dict[str, str]:
+    """``fields`` with the cluster frame they are written at (field f)."""
+    return {**fields, "f": str(frame)}
 
 
 def _text(value: object) -> str:
@@ -89,7 +98,7 @@ def _text(value: object) -> str:
     return value
 
 
-def parse_entry(entry_id: str, raw: Mapping[object, object]) -> Entry:
+def parse_entry(entry_id: str, raw: Mapping[Any, object]) -> Entry:
     """The entry ``raw`` holds, or :class:`Refused` saying why it is not one of ours."""
     fields = {_text(k): _text(v) for k, v in raw.items()}
     if fields.get("v") != VERSION:
@@ -97,6 +106,9 @@ def parse_entry(entry_id: str, raw: Mapping[object, object]) -> Entry:
     origin = fields.get("o", "")
     if not ORIGIN_PATTERN.fullmatch(origin):
         raise Refused("no valid origin (field o)")
+    raw_frame = fields.get("f", "")
+    if not raw_frame.isdigit() or len(raw_frame) > 18:
+        raise Refused("no frame it was written at (field f)")
     text = fields.get("e")
     if text is None:
         raise Refused("no event (field e)")
@@ -125,6 +137,7 @@ def parse_entry(entry_id: str, raw: Mapping[object, object]) -> Entry:
         origin=origin,
         event=event,
         text=text,
+        written_frame=int(raw_frame),
         offset=offset,
         status=status,
         interrupted=fields.get("x") == "1",

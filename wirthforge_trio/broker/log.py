@@ -14,7 +14,7 @@ import logging
 from collections import OrderedDict, deque
 from typing import Final, Literal
 
-from ..contract.events import TokenStream
+from ..contract.events import Event, TokenStream
 from ..engine.decipher import Logged, Retention, Session
 from .entries import Entry
 
@@ -40,12 +40,12 @@ class StreamLog:
         """Sessions whose beginning this process never read (trimmed, or a gap): delivered
         live, but not offered for resuming."""
 
-    def apply(self, entry: Entry, frame_number: int, now: float) -> Verdict:
-        """Record ``entry``, read while frame ``frame_number`` was the last sent; whether
-        the clients should get it (``deliver``) or not (a duplicate, or refused)."""
-        event = entry.event
+    def apply(self, entry: Entry, event: Event, seen_by: int, now: float) -> Verdict:
+        """Record ``entry`` (its event as the clients get it: ``event``), which every client
+        of this process that has frame ``seen_by`` has received; whether the clients should
+        get it (``deliver``) or not (a duplicate, or refused)."""
         if not isinstance(event, TokenStream):
-            self.history.append(Logged(frame_number + 1, now, event))
+            self.history.append(Logged(seen_by, now, event))
             return "deliver"
         payload = event.payload
         sid = payload.session_id
@@ -72,7 +72,7 @@ class StreamLog:
                 session = None
         if session is not None:
             if session.first_sent_frame is None:
-                session.first_sent_frame = frame_number + 1
+                session.first_sent_frame = seen_by
             session.tokens.extend(payload.tokens)
         self.origin_of.setdefault(sid, entry.origin)
         if payload.is_complete:

@@ -20,17 +20,20 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal
 
 import anyio
+import attrs
 import coredis
 import coredis.exceptions
 import orjson
 import trio
 from coredis.tokens import PureToken
 
+from ..contract.codec import encode
 from ..contract.events import (
     ErrorEvent,
     ErrorPayload,
     Event,
     FrameEvent,
+    ResumePayload,
     TokenStream,
     TokenStreamPayload,
     wall_ms,
@@ -38,6 +41,8 @@ from ..contract.events import (
 from ..engine.decipher import Retention
 from ..transport.hub import Hub
 from .entries import (
+    LOSSLESS_FRAME_EVENTS,
+    Entry,
     Refused,
     cancel_message,
     entry_fields,
@@ -45,6 +50,7 @@ from .entries import (
     parse_cancel,
     parse_entry,
     parse_frame,
+    stamped,
 )
 from .frames import OutgoingFrame, RemoteFrames
 from .log import StreamLog
@@ -74,6 +80,15 @@ READ_COUNT: Final = 512
 BATCHES_PER_SESSION: Final = 1000
 """Stream entries allowed per retained session in the count bound (MAXLEN ~)."""
 REFUSAL_LOG_INTERVAL: Final = 10.0
+RELEASE_LAG: Final = 2
+"""Frames between the frame an entry is written at and the frame every process sends it
+with (a token batch goes at once): the time every process has to read it."""
+HOLD_LIMIT: Final = 10_000
+"""Events held for a Redis that is down beyond which new prompts are refused (503): the
+generations already running end by themselves (max tokens, timeouts), so the outbox stays
+bounded (docs/decisions.md, "Broker")."""
+READY_TIMEOUT: Final = 1.0
+"""The longest a resuming client waits for this process to catch up with the one it left."""
 
 BROKER_UNAVAILABLE: Final = "BROKER_UNAVAILABLE"
 BROKER_RESTORED: Final = "BROKER_RESTORED"
@@ -109,6 +124,12 @@ def _only_redis_errors(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_only_redis_errors(e) for e in exc.exceptions)
     return isinstance(exc, _REDIS_ERRORS)
+
+
+def _position(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as a comparable (milliseconds, sequence)."""
+    millis, _, sequence = entry_id.partition("-")
+    return (int(millis or 0), int(sequence or 0))
 
 
 def _str(value: str | bytes) -> str:
@@ -172,6 +193,13 @@ class BrokerNode:
         self._drained = trio.Event()
         self._offsets: dict[str, int] = {}
         self._last_id = "0-0"
+        self._read_progress = trio.Event()
+        self.held: deque[Entry] = deque()
+        """Entries read but not yet sent: due at a later frame (or behind one that is)."""
+        self._errors_held = 0
+        self.late = 0
+        """Entries this process read after the frame they were due with."""
+        self._last_late_log = -math.inf
         self._client: coredis.Redis[str] | None = None
         self._scope: trio.CancelScope | None = None
         self._missing_since: dict[str, float] = {}
@@ -207,6 +235,11 @@ class BrokerNode:
     def waiting(self) -> int:
         """Events not yet written to the stream."""
         return len(self._outbox)
+
+    @property
+    def full(self) -> bool:
+        """Whether Redis is away and this process holds as many events as it may."""
+        return self.status != "up" and len(self._outbox) >= HOLD_LIMIT
 
     async def cancel_remote(self, session_id: str) -> bool:
         """Ask the process running ``session_id`` to cancel it; False when Redis is down."""
@@ -337,7 +370,7 @@ class BrokerNode:
         while True:
             entries = await client.xrange(self.stream_key, start, "+", count=READ_COUNT)
             for entry in entries:
-                self._take(_str(entry.identifier), entry.field_values, deliver=False)
+                self.read_entry(_str(entry.identifier), entry.field_values, deliver=False)
             if len(entries) < READ_COUNT:
                 return
             start = f"({_str(entries[-1].identifier)}"
@@ -454,7 +487,7 @@ class BrokerNode:
                 key, fields = self._outbox[0]
                 await client.xadd(
                     key,
-                    fields,
+                    stamped(fields, max(self.frame_number(), 0)),
                     trim_strategy=PureToken.MAXLEN,
                     threshold=cap,
                     trim_operator=PureToken.APPROXIMATELY,
@@ -476,27 +509,107 @@ class BrokerNode:
                 )
                 raise
             for entry in (found or {}).get(self.stream_key, ()):
-                self._take(_str(entry.identifier), entry.field_values, deliver=True)
+                self.read_entry(_str(entry.identifier), entry.field_values, deliver=True)
+            self._read_progress.set()
+            self._read_progress = trio.Event()
 
-    def _take(self, entry_id: str, fields: Any, *, deliver: bool) -> None:
+    def read_entry(self, entry_id: str, fields: Any, *, deliver: bool) -> None:
+        """Take one stream entry as read: at start-up into the log; live, to the clients at
+        once (a token batch) or held for the frame it is due with (:meth:`release`)."""
         self._last_id = entry_id
         try:
             entry = parse_entry(entry_id, fields)
         except Refused as exc:
             self._refusal(f"stream entry {entry_id} on {self.stream_key}: {exc}")
             return
-        # Live, an entry is logged at this process's next frame (when its clients get it);
-        # read back at start-up, at the cluster frame of its id (when it was written).
-        frame = self.frame_number() if deliver else self._frame_of(entry_id)
-        verdict = self.log.apply(entry, frame, trio.current_time())
-        if verdict == "deliver" and deliver and self.hub is not None:
-            self.hub.publish(entry.event, entry.text)  # the origin's bytes, everywhere
+        if not deliver:  # read back at start-up: logged at the frame the others sent it with
+            token = isinstance(entry.event, TokenStream)
+            self._log(entry, entry.written_frame + (1 if token else RELEASE_LAG))
+        elif isinstance(entry.event, TokenStream) and not self._errors_held:
+            # Tokens go at once (they resume by count, not by frame); the frame is the first
+            # whose clients surely have them: a session's first batch resumes by it.
+            self._send_on(entry, max(entry.written_frame, self.frame_number()) + 1)
+        else:
+            if isinstance(entry.event, ErrorEvent):
+                self._errors_held += 1  # a session's error comes before its last batch
+            self.held.append(entry)
 
-    def _frame_of(self, entry_id: str) -> int:
-        """The cluster frame that was the last due when Redis stamped ``entry_id``."""
-        millis, _, _ = entry_id.partition("-")
-        since_ns = int(millis) * 1_000_000 - self.epoch_ns if millis.isdigit() else 0
-        return max(0, int(since_ns * self.frame_rate // 1_000_000_000))
+    def release(self, number: int) -> None:
+        """Called just before frame ``number`` goes out: send the held entries due with it,
+        in the stream's order. Every process sends an entry with the same frame, so a
+        client's ``lastFrame`` means the same events on each (docs/decisions.md, "Broker")."""
+        held = self.held
+        council: list[Entry] = []
+        while held:
+            entry = held[0]
+            due = entry.written_frame + RELEASE_LAG
+            token = isinstance(entry.event, TokenStream)
+            if not token and due > number:
+                break
+            held.popleft()
+            if isinstance(entry.event, ErrorEvent):
+                self._errors_held -= 1
+            if not token and number > due:
+                self._late(number - due)
+            if isinstance(entry.event, LOSSLESS_FRAME_EVENTS):
+                council.append(entry)
+            else:
+                self._send_on(entry, number)
+        # Council events carry the frame number: they go last, so a client that has one of
+        # them has every other event sent with that frame (as in one process's tick).
+        for entry in council:
+            self._send_on(entry, number)
+
+    def _send_on(self, entry: Entry, seen_by: int) -> None:
+        """Log ``entry`` as seen by every client that has frame ``seen_by``, and send it."""
+        event, text = self._log(entry, seen_by)
+        if event is not None and self.hub is not None:
+            self.hub.publish(event, text)  # the origin's bytes, but for a council renumbering
+
+    def _log(self, entry: Entry, seen_by: int) -> tuple[Event | None, str]:
+        event, text = entry.event, entry.text
+        if isinstance(event, LOSSLESS_FRAME_EVENTS):  # numbered by the frame it goes with
+            event = attrs.evolve(event, frame_number=seen_by)
+            text = encode(event)
+        verdict = self.log.apply(entry, event, seen_by, trio.current_time())
+        return (event if verdict == "deliver" else None), text
+
+    def _late(self, frames: int) -> None:
+        self.late += 1
+        now = time.monotonic()
+        if now - self._last_late_log >= REFUSAL_LOG_INTERVAL:
+            self._last_late_log = now
+            log.warning(
+                "an event reached this process %d frame(s) after the frame it was due with "
+                "(%d so far): a client that moves to another process just then may get it "
+                "twice or miss it; this process or Redis is overloaded",
+                frames,
+                self.late,
+            )
+
+    async def ready_for(self, resume: ResumePayload) -> None:
+        """Wait, a second at most, until this process can answer ``resume`` as the process
+        the client left would have: it has read the stream as far as the stream went when
+        the client asked, and its frames have reached the client's last frame."""
+        if resume.server_instance != self.cluster_id:
+            return
+        with trio.move_on_after(READY_TIMEOUT) as waited:
+            client = self._client
+            if client is not None and self.status == "up":
+                try:
+                    tail = await client.xrevrange(self.stream_key, "+", "-", count=1)
+                except _REDIS_ERRORS:
+                    tail = ()
+                if tail:
+                    target = _position(_str(tail[0].identifier))
+                    while _position(self._last_id) < target:
+                        await self._read_progress.wait()
+            last_frame = resume.last_frame
+            behind = 0 if last_frame is None else last_frame - self.frame_number()
+            if 0 < behind <= self.frame_rate:  # more is no frame of this cluster's clock
+                await trio.sleep((behind + 1) / self.frame_rate)
+        if waited.cancelled_caught:
+            log.info("a resuming client did not wait for this process to catch up any longer")
 
     async def _publish_frames(self, client: coredis.Redis[str]) -> None:
         """Publish the lit energy, latest wins; while no other process listens (PUBLISH

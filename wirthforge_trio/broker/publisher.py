@@ -2,7 +2,8 @@
 
 Frames stay in the process: its own clock, its hub, plus the newest energy of generations
 running elsewhere (``frames.py``). Lossless events do not go to the hub here: they go to the
-stream, and come back to every process's hub, this one's included, in the stream's order.
+stream, and come back to every process's hub, this one's included, in the stream's order;
+those held for a later frame are sent here, just before it.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class BrokerPublisher:
         self.node.send(event, status)
 
     def publish_frame(self, number: int, events: Iterable[FrameEvent]) -> None:
+        if self.node.held:  # lossless events due with this frame go just before it
+            self.node.release(number)
         events = tuple(events)
         lit = self.lit_models()
         if lit:
@@ -56,6 +59,8 @@ class BrokerPublisher:
         self._send(number, remote.merge(number, local, lit, trio.current_time()))
 
     def publish_frame_text(self, number: int, message: tuple[str, tuple[str, ...], str]) -> None:
+        if self.node.held:
+            self.node.release(number)
         remote = self.node.remote
         if not remote.active:  # the idle server's path, as without a broker
             self.hub.publish_frame_text(number, message)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
 import trio
@@ -86,6 +86,7 @@ class Connection:
         "_nursery",
         "_on_join",
         "_passed_on",
+        "_prepare_join",
         "_received",
         "_watchdog",
         "addresses",
@@ -116,6 +117,7 @@ class Connection:
         frame_rate: Callable[[], float],
         current_state: Callable[[str], Sequence[Event]] = lambda topic: (),
         on_join: Callable[[Connection, ResumePayload | None], None] = lambda c, r: None,
+        prepare_join: Callable[[ResumePayload], Awaitable[None]] | None = None,
         resume_wait: float = 2.0,
         max_backlog_bytes: int = 1024 * 1024,
         addresses: tuple[tuple[str, int], tuple[str, int]] | None = None,
@@ -129,6 +131,8 @@ class Connection:
         self._frame_rate = frame_rate
         self._current_state = current_state
         self._on_join = on_join
+        self._prepare_join = prepare_join
+        """Awaited before a resuming client joins (a broker's process catching up first)."""
         self.resume_wait = resume_wait
         self.max_backlog_bytes = max_backlog_bytes
         self.addresses = addresses
@@ -365,10 +369,12 @@ class Connection:
         protocol = self.protocol
         if protocol.awaiting_resume:
             # A resuming client speaks first; one that does not within the wait goes live as is.
+            first: list[str | bytes | None] = []
             with trio.move_on_after(self.resume_wait):
-                data = await self.websocket.receive()
+                first.append(await self.websocket.receive())
                 self._received += 1
-                self._handle(data, watchdog)
+            if first:
+                await self._handle_first(first[0], watchdog)
             for action in protocol.join():
                 self._apply(action)
             self.lane_changed()
@@ -397,17 +403,31 @@ class Connection:
             self.request_close(CLOSE_INTERNAL_ERROR, "internal error")
         return True
 
+    async def _handle_first(self, data: str | bytes | None, watchdog: trio.CancelScope) -> None:
+        """:meth:`_handle` for the message a resuming client opens with: the app may need to
+        catch up before it can answer a resume exactly (``prepare_join``)."""
+        actions = self._receive(data, watchdog)
+        for action in actions:
+            if isinstance(action, Join) and action.resume and self._prepare_join is not None:
+                await self._prepare_join(action.resume)
+            self._apply(action)
+        self.lane_changed()
+
     def _handle(self, data: str | bytes | None, watchdog: trio.CancelScope) -> None:
         """Apply the protocol's answer to one client message; push the liveness deadline."""
+        for action in self._receive(data, watchdog):
+            self._apply(action)
+        self.lane_changed()  # the message may have changed the subscriptions
+
+    def _receive(self, data: str | bytes | None, watchdog: trio.CancelScope) -> list[Action]:
+        """The protocol's answer to one client message; the liveness deadline pushed."""
         protocol = self.protocol
         if data is None:  # Quart's reading of an empty binary frame
             data = b""
         actions = protocol.receive(data, trio.current_time(), wall_ms())
         deadline = protocol.liveness_deadline
         watchdog.deadline = math.inf if deadline is None else deadline
-        for action in actions:
-            self._apply(action)
-        self.lane_changed()  # the message may have changed the subscriptions
+        return actions
 
     def _apply(self, action: Action) -> None:
         if isinstance(action, Reply):

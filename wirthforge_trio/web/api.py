@@ -110,6 +110,21 @@ def _max_tokens(state: ServerState, body: dict[str, Any]) -> int | ErrorReply | 
     return max_tokens
 
 
+def _broker_full(state: ServerState) -> ErrorReply | None:
+    """While Redis is down a process holds the stream's events, up to a limit; past it, a
+    new prompt waits for Redis (docs/decisions.md, "Broker")."""
+    node = None if state.broker is None else state.broker.node
+    if node is None or not node.full:
+        return None
+    return json_error(
+        503,
+        f"the broker (Redis) at {node.url.redacted} is unavailable and this server already "
+        f"holds {node.waiting} events for it; start Redis again (the server reconnects by "
+        "itself), then send the prompt",
+        headers={"Retry-After": "2"},
+    )
+
+
 def _unavailable(state: ServerState, model_ids: Sequence[str]) -> ErrorReply | None:
     """A prompt for a model whose runtime is down gets 503 naming the runtime, until a check
     finds it back (docs/decisions.md, "a dead runtime is noticed at once")."""
@@ -150,8 +165,10 @@ async def prompt() -> Any:
     max_tokens = _max_tokens(state, body)
     if isinstance(max_tokens, tuple):
         return max_tokens
-    refused = _unavailable(state, wanted or [state.engine.default_model]) or _session_limit(
-        state, len(set(wanted)) if wanted else 1
+    refused = (
+        _unavailable(state, wanted or [state.engine.default_model])
+        or _session_limit(state, len(set(wanted)) if wanted else 1)
+        or _broker_full(state)
     )
     if refused is not None:
         return refused
@@ -238,6 +255,7 @@ async def health() -> Any:
             "outages": broker.outages,
             "held": broker.waiting,
             "refused": broker.refused,
+            "late": broker.late,
         }
     return jsonify(body)
 

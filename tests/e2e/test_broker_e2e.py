@@ -3,6 +3,9 @@ WebSocket clients (docs/decisions.md, "Broker")."""
 
 from __future__ import annotations
 
+import json
+import random
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,6 +26,11 @@ from tests.support.broker import (
 )
 from tests.support.network import free_port
 from tests.support.server import CheckedClient, connect_checked
+from wirthforge_trio.broker.entries import entry_fields, stamped
+from wirthforge_trio.broker.node import BrokerNode
+from wirthforge_trio.broker.url import parse_broker_url
+from wirthforge_trio.contract.events import ErrorEvent, ErrorPayload, ResumePayload
+from wirthforge_trio.engine.decipher import Retention
 from wirthforge_trio.sources.demo import DemoSource
 
 
@@ -281,15 +289,17 @@ async def test_garbage_on_the_brokers_keys_is_refused_with_a_log_line(
 ) -> None:
     a, b = await two_processes(redis, servers, tmp_path)
     redis.command("XADD", "wirthforge:events", "*", "hello", "world")
-    redis.command("XADD", "wirthforge:events", "*", "v", "1", "o", "p-x", "e", "{not json")
+    redis.command("XADD", "wirthforge:events", "*", "v", "2", "o", "p-x", "f", "1", "e", "{not")
     redis.command(
         "XADD",
         "wirthforge:events",
         "*",
         "v",
-        "1",
+        "2",
         "o",
         "p-x",
+        "f",
+        "1",
         "e",
         '{"type": "energy_update", "timestamp": 1, "frameNumber": 1, "payload": {}}',
     )
@@ -450,3 +460,160 @@ async def test_a_foreign_cluster_key_is_refused_and_the_process_serves(
     assert reply["broker"]["refused"] == 1
     assert "holds no wirthforge cluster" in servers[0].output()
     assert redis.command("GET", "wirthforge:cluster") == b"someone else's value\n", "untouched"
+
+
+STREAM_EVENTS = frozenset({"reward_event", "interference_event", "resonance_event", "error_event"})
+"""The lossless events that resume by frame (tokens resume by count)."""
+
+
+def identity(message: dict[str, Any]) -> str:
+    """A lossless event as the origin made it (its frame number is the sending process's)."""
+    return json.dumps([message["type"], message["timestamp"], message["payload"]], sort_keys=True)
+
+
+@attrs.define
+class Hopper:
+    """A client that leaves its process at a frame boundary and resumes on the other one,
+    again and again, keeping what a client keeps: the last frame and its sessions."""
+
+    urls: tuple[str, str]
+    events: list[str] = attrs.field(factory=list)
+    tokens: dict[str, list[str]] = attrs.field(factory=dict)
+    complete: set[str] = attrs.field(factory=set)
+    instance: str | None = None
+    last_frame: int | None = None
+    hops: int = 0
+
+    def resume(self) -> dict[str, Any]:
+        if self.instance is None:
+            return {}
+        held = [
+            {"sessionId": sid, "tokens": len(tokens), "complete": sid in self.complete}
+            for sid, tokens in self.tokens.items()
+        ]
+        return {"serverInstance": self.instance, "lastFrame": self.last_frame, "sessions": held}
+
+    def take(self, message: dict[str, Any]) -> None:
+        kind, payload = message["type"], message["payload"]
+        if kind == "state_snapshot":
+            assert self.instance is None or payload["resumed"], "one cluster: resumed"
+            self.instance = payload["serverInstance"]
+        elif kind == "token_stream":
+            self.tokens.setdefault(payload["sessionId"], []).extend(payload["tokens"])
+            if payload["isComplete"]:
+                self.complete.add(payload["sessionId"])
+        elif kind in STREAM_EVENTS:
+            self.events.append(identity(message))
+        if "frameNumber" in message:
+            self.last_frame = max(self.last_frame or 0, message["frameNumber"])
+
+    async def run(self, stop: trio.Event, seed: int) -> None:
+        """Hop every 50-300 ms until ``stop``, then stay until the stream is quiet."""
+        rng = random.Random(seed)
+        while True:
+            stopping = stop.is_set()
+            async with resuming(self.urls[self.hops % 2], self.resume()) as client:
+                message: dict[str, Any] = {"type": None}
+                with trio.move_on_after(1.0 if stopping else rng.uniform(0.05, 0.3)):
+                    while True:
+                        self.take(await client.receive())
+                # Leave at the worst moment: the frame just after an event (if one comes
+                # soon); and only just after a frame, so the events sent before it are in.
+                with trio.move_on_after(0 if stopping else 0.5):
+                    while message["type"] not in STREAM_EVENTS:
+                        message = await client.receive()
+                        self.take(message)
+                with trio.fail_after(DEADLINE):
+                    while not stopping:
+                        message = await client.receive()
+                        self.take(message)
+                        if message["type"] == "energy_update":
+                            break
+            if stopping:
+                return
+            self.hops += 1
+
+
+async def stutter(server: ServerProcess) -> None:
+    """Freeze ``server`` for 8 ms in every 30 (a busy machine): it reads the stream later
+    than the other process, by less than a frame."""
+    while True:
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            await trio.sleep(0.008)
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        await trio.sleep(0.022)
+
+
+async def test_a_client_hopping_between_processes_gets_every_event_once_in_order(
+    redis: Redis, servers: list[ServerProcess], tmp_path: Path
+) -> None:
+    """Rewards, council and errors resume by frame across processes exactly, even when one
+    process reads the stream later than the other: every process sends each event with the
+    same frame number (docs/decisions.md, "Broker")."""
+    a, b = await two_processes(
+        redis, servers, tmp_path, WIRTHFORGE_MODELS="demo,demo:sage", WIRTHFORGE_DEMO_SPEED="2"
+    )
+    reference = Hopper((a.ws_url, a.ws_url))
+    hopper = Hopper((a.ws_url, b.ws_url))
+    stop, sessions = trio.Event(), []
+    async with trio.open_nursery() as nursery:
+        # The reference never leaves A: it hears the stream whole, as it went.
+        nursery.start_soon(reference.run, trio.Event(), 0)
+        nursery.start_soon(hopper.run, stop, 24)
+        nursery.start_soon(stutter, b)
+        await trio.sleep(0.3)
+        async with httpx.AsyncClient(timeout=5.0) as http:
+            for n, server in enumerate((a, b) * 3):
+                reply = await http.post(
+                    f"{server.url}/prompt",
+                    json={"prompt": f"council {n}", "models": ["demo", "demo:sage"]},
+                )
+                assert reply.status_code == 202, reply.text
+                sessions.extend(s["sessionId"] for s in reply.json()["sessions"])
+                await until(lambda: set(sessions) <= reference.complete, "the council ended")
+        await trio.sleep(0.5)
+        stop.set()
+        await until(lambda: set(sessions) <= hopper.complete, "the hopper has every session")
+        await until(lambda: len(hopper.events) >= len(reference.events), "the hopper caught up")
+        await trio.sleep(0.5)
+        nursery.cancel_scope.cancel()
+    assert hopper.hops >= 8, "the client moved often during the councils"
+    kinds = {json.loads(e)[0] for e in reference.events}
+    assert {"reward_event", "interference_event"} <= kinds, "the test needs those events"
+    late = [(await health(server) or {}).get("broker", {}).get("late") for server in (a, b)]
+    assert hopper.events == reference.events, (
+        f"each event once, in order, across the moves (events read late by A, B: {late})"
+    )
+    for sid in sessions:
+        assert hopper.tokens[sid] == reference.tokens[sid], "tokens exact, by count"
+
+
+async def test_a_resume_waits_until_the_process_has_read_the_stream_to_its_end(
+    redis: Redis,
+) -> None:
+    """A process still reading a burst of the stream answers a resume only once it has read
+    what the stream held when the client asked (the client's old process may be ahead)."""
+    node = BrokerNode(parse_broker_url(redis.url), Retention())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        await until(lambda: node.status == "up", "the node is connected")
+        burst = stamped(entry_fields("p-elsewhere", broker_error(1)), 1)
+        script = "for i = 1, 5000 do redis.call('XADD', KEYS[1], '*', unpack(ARGV)) end"
+        pairs = [part for field in burst.items() for part in field]
+        # Blocking calls: the node cannot read until the resume is being answered.
+        redis.command("EVAL", script, "1", node.stream_key, *pairs)
+        last = stamped(entry_fields("p-elsewhere", broker_error(2)), 1)
+        redis.command("XADD", node.stream_key, "*", *[p for f in last.items() for p in f])
+        await node.ready_for(ResumePayload(server_instance=node.cluster_id))
+        read = [entry.event.timestamp for entry in node.held]  # due at a later frame
+        nursery.cancel_scope.cancel()
+    assert read == [1] * 5000 + [2], "the resume waited for the last entry written before it"
+
+
+def broker_error(timestamp: int) -> ErrorEvent:
+    return ErrorEvent(
+        timestamp=timestamp,
+        payload=ErrorPayload(severity="error", code="BURST", message="m", component="model"),
+    )

@@ -21,7 +21,7 @@ from wirthforge_trio.broker.entries import (
 )
 from wirthforge_trio.broker.frames import OutgoingFrame, RemoteFrames
 from wirthforge_trio.broker.log import StreamLog
-from wirthforge_trio.broker.node import RELEASE_LAG, BrokerNode
+from wirthforge_trio.broker.node import HOLD_LIMIT, RELEASE_LAG, BrokerNode
 from wirthforge_trio.broker.url import BrokerURLError, parse_broker_url
 from wirthforge_trio.config import Settings, SettingsError
 from wirthforge_trio.contract.codec import encode
@@ -31,6 +31,7 @@ from wirthforge_trio.contract.events import (
     Event,
     InterferenceEvent,
     InterferencePayload,
+    ResumePayload,
     TokenStream,
     TokenStreamPayload,
 )
@@ -291,6 +292,35 @@ async def test_an_event_read_after_its_frame_goes_with_the_next_and_is_counted_l
     assert [at for at, _ in hub.sent] == [105]
     assert [h.frame_number for h in node.log.history] == [106], "what its own clients saw"
     assert node.late == 1 and "after the frame it was due with" in caplog.text
+
+
+def test_new_prompts_wait_for_redis_only_once_the_held_events_reach_the_limit() -> None:
+    node, _ = process_at([0])
+    node.status = "down"
+    for _ in range(HOLD_LIMIT - 1):
+        node.send(error())
+    assert not node.full, "a prompt during an outage is held, then written"
+    node.send(error())
+    assert node.full and node.waiting == HOLD_LIMIT
+    node.status = "up"
+    assert not node.full, "Redis is back: the writer drains what is held"
+
+
+async def test_a_resume_waits_for_the_clients_last_frame_and_no_longer(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The client saw frame 105 on another process: frames up to it must have gone here too
+    before its catch-up is computed (else an event due with them would come twice)."""
+    node, _ = process_at([100])
+    node.cluster_id = "c-1"
+    start = trio.current_time()
+    await node.ready_for(ResumePayload(server_instance="c-1", last_frame=105))
+    assert trio.current_time() - start >= 5 / 60
+    start = trio.current_time()
+    await node.ready_for(ResumePayload(server_instance="c-1", last_frame=100 + 600))
+    await node.ready_for(ResumePayload(server_instance="c-other", last_frame=105))
+    await node.ready_for(ResumePayload(server_instance="c-1", last_frame=90))
+    assert trio.current_time() == start, "no frame of this clock, another cluster, or behind"
 
 
 async def test_entries_read_at_start_up_are_logged_by_their_frame_and_not_sent() -> None:

@@ -45,6 +45,8 @@ class Listener:
     """(frameNumber, totalEnergy) of each energy_update of the demo model."""
     batch_frames: list[int] = attrs.field(factory=list)
     """The last frame number seen when each token batch arrived."""
+    rewards: list[str] = attrs.field(factory=list)
+    """The title of each reward_event."""
 
     def text(self, session_id: str) -> str:
         return "".join("".join(t) for s, t, _ in self.batches if s == session_id)
@@ -70,6 +72,8 @@ class Listener:
             )
         elif kind == "error_event":
             self.errors.append(payload)
+        elif kind == "reward_event":
+            self.rewards.append(payload["title"])
         elif kind == "energy_update" and payload["tokensGenerated"] > 0:
             self.lit_frames += 1
 
@@ -617,3 +621,19 @@ def broker_error(timestamp: int) -> ErrorEvent:
         timestamp=timestamp,
         payload=ErrorPayload(severity="error", code="BURST", message="m", component="model"),
     )
+
+
+async def test_the_cluster_earns_each_reward_once_whichever_process_runs_the_prompt(
+    redis: Redis, servers: list[ServerProcess], tmp_path: Path
+) -> None:
+    a, b = await two_processes(redis, servers, tmp_path)
+    async with trio.open_nursery() as nursery:
+        on_b = await listen(nursery, b.ws_url)
+        await trio.sleep(0.2)
+        for server in (a, b):
+            session_id = await post_prompt(server, "earn it once")
+            await until(lambda sid=session_id: on_b.complete(sid), "the session ended")
+        await trio.sleep(0.5)  # a reward goes two frames after its tokens
+        nursery.cancel_scope.cancel()
+    assert on_b.rewards.count("First Light") == 1, on_b.rewards
+    assert len(on_b.rewards) == len(set(on_b.rewards)), "no reward twice"

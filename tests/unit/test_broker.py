@@ -31,6 +31,8 @@ from wirthforge_trio.contract.events import (
     Event,
     InterferenceEvent,
     InterferencePayload,
+    ModelStatus,
+    ModelStatusPayload,
     ResumePayload,
     TokenStream,
     TokenStreamPayload,
@@ -170,6 +172,18 @@ def test_the_log_takes_each_batch_once_and_in_order() -> None:
     assert apply(log, entry(4, batch("s-1", ("late",)), 3), 13, 0.0) == "refuse"
     assert apply(log, entry(5, error()), 14, 0.0) == "deliver"
     assert [logged.frame_number for logged in log.history] == [14]
+
+
+def test_model_status_is_sent_but_not_kept_for_resuming_as_in_one_process() -> None:
+    log = StreamLog(Retention())
+    status = ModelStatus(
+        timestamp=1,
+        payload=ModelStatusPayload(
+            model_id="demo", name="qwen3", status="unavailable", source="ollama"
+        ),
+    )
+    assert apply(log, entry(1, status), 5, 0.0) == "deliver"
+    assert not log.history
 
 
 def test_a_gap_or_a_missing_beginning_is_never_offered_for_resuming() -> None:

@@ -14,7 +14,7 @@ import logging
 from collections import OrderedDict, deque
 from typing import Final, Literal
 
-from ..contract.events import Event, TokenStream
+from ..contract.events import Event, ModelStatus, TokenStream
 from ..engine.decipher import Logged, Retention, Session
 from .entries import Entry
 
@@ -44,6 +44,8 @@ class StreamLog:
         """Record ``entry`` (its event as the clients get it: ``event``), which every client
         of this process that has frame ``seen_by`` has received; whether the clients should
         get it (``deliver``) or not (a duplicate, or refused)."""
+        if isinstance(event, ModelStatus):
+            return "deliver"  # state, not history: not replayed, as in one process
         if not isinstance(event, TokenStream):
             self.history.append(Logged(seen_by, now, event))
             return "deliver"

@@ -34,6 +34,7 @@ from ..contract.events import (
     Event,
     FrameEvent,
     ResumePayload,
+    RewardEvent,
     TokenStream,
     TokenStreamPayload,
     wall_ms,
@@ -175,6 +176,7 @@ class BrokerNode:
         self.cluster_key = f"{namespace}:cluster"
         self.alive_prefix = f"{namespace}:alive:"
         self.ended_prefix = f"{namespace}:ended:"
+        self.reward_prefix = f"{namespace}:reward:"
         self.log = StreamLog(retention)
         self.remote = RemoteFrames()
         self.outgoing = OutgoingFrame()
@@ -187,7 +189,9 @@ class BrokerNode:
         self.frame_rate = 60.0
         self.cancel_local: Callable[[str], bool] = lambda _: False
         """Cancel a session this process runs; whether it did (set by the app)."""
-        self._outbox: deque[tuple[str, dict[str, str]]] = deque()
+        self._outbox: deque[tuple[dict[str, str], str | None]] = deque()
+        """Entries to write, in order, each with the key that claims it for the cluster (a
+        reward that the cluster earns once) or None."""
         self._outbox_ready = trio.Event()
         self._frame_ready = trio.Event()
         self._drained = trio.Event()
@@ -221,10 +225,13 @@ class BrokerNode:
                 status = None
         else:
             status = None
-        self._queue(entry_fields(self.origin, event, offset=offset, status=status))
+        claim = None
+        if isinstance(event, RewardEvent) and event.payload.reward_type != "feedback":
+            claim = f"{self.reward_prefix}{event.payload.title}"
+        self._queue(entry_fields(self.origin, event, offset=offset, status=status), claim)
 
-    def _queue(self, fields: dict[str, str]) -> None:
-        self._outbox.append((self.stream_key, fields))
+    def _queue(self, fields: dict[str, str], claim: str | None = None) -> None:
+        self._outbox.append((fields, claim))
         self._outbox_ready.set()
 
     def offer_frame(self, events: Sequence[FrameEvent], lit: frozenset[str]) -> None:
@@ -484,18 +491,29 @@ class BrokerNode:
         cap = self.retention.events + max(self.retention.sessions, 1) * BATCHES_PER_SESSION
         while True:
             while self._outbox:
-                key, fields = self._outbox[0]
-                await client.xadd(
-                    key,
-                    stamped(fields, max(self.frame_number(), 0)),
-                    trim_strategy=PureToken.MAXLEN,
-                    threshold=cap,
-                    trim_operator=PureToken.APPROXIMATELY,
-                )
+                fields, claim = self._outbox[0]
+                if claim is None or await self._claimed(client, claim):
+                    await client.xadd(
+                        self.stream_key,
+                        stamped(fields, max(self.frame_number(), 0)),
+                        trim_strategy=PureToken.MAXLEN,
+                        threshold=cap,
+                        trim_operator=PureToken.APPROXIMATELY,
+                    )
                 self._outbox.popleft()
             self._drained.set()
             self._outbox_ready = trio.Event()
             await self._outbox_ready.wait()
+
+    async def _claimed(self, client: coredis.Redis[str], key: str) -> bool:
+        """Whether this process earns the reward ``key`` names for the whole cluster: the
+        first to claim it (a claim of its own, retried after a lost reply, counts)."""
+        if await client.set(key, self.origin, condition=PureToken.NX):
+            return True
+        if await client.get(key) == self.origin:
+            return True
+        log.debug("reward %s was already earned in this cluster", key)
+        return False
 
     async def _read(self, client: coredis.Redis[str]) -> None:
         while True:

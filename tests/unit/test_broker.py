@@ -34,6 +34,8 @@ from wirthforge_trio.contract.events import (
     ModelStatus,
     ModelStatusPayload,
     ResumePayload,
+    RewardEvent,
+    RewardPayload,
     TokenStream,
     TokenStreamPayload,
 )
@@ -232,6 +234,13 @@ def process_at(frame: list[int]) -> tuple[BrokerNode, RecordingHub]:
     return node, hub
 
 
+def reward() -> RewardEvent:
+    return RewardEvent(
+        timestamp=1,
+        payload=RewardPayload(reward_type="achievement", title="First Light", points=10),
+    )
+
+
 def council(frame: int) -> InterferenceEvent:
     return InterferenceEvent(
         timestamp=1,
@@ -293,6 +302,30 @@ async def test_tokens_go_at_once_but_never_ahead_of_a_held_error() -> None:
     tick(node, frame, 102)
     assert [e.TYPE for _, e in hub.sent] == ["token_stream", "error_event", "token_stream"]
     assert node.log.sessions["s-1"].text == "ab" and node.log.sessions["s-1"].completion_sent
+
+
+async def test_a_session_keeps_its_token_order_behind_held_events() -> None:
+    """An error held, then a reward due a frame later, then two batches of one session: the
+    second batch, read once the error has gone, still waits for the first."""
+    frame = [100]
+    node, hub = process_at(frame)
+    node.read_entry("1-0", fields_of(batch("s-1", ("a",)), 100, offset=0), deliver=True)
+    node.read_entry("2-0", fields_of(error(), 100), deliver=True)
+    node.read_entry("2-1", fields_of(reward(), 101), deliver=True)
+    node.read_entry("2-2", fields_of(batch("s-1", ("b",)), 101, offset=1), deliver=True)
+    tick(node, frame, 101)
+    tick(node, frame, 102)  # the error goes; the reward is due with 103
+    node.read_entry("3-0", fields_of(batch("s-1", ("c",)), 102, offset=2), deliver=True)
+    tick(node, frame, 103)
+    assert [e.TYPE for _, e in hub.sent] == [
+        "token_stream",
+        "error_event",
+        "reward_event",
+        "token_stream",
+        "token_stream",
+    ]
+    assert node.log.sessions["s-1"].text == "abc", "in order, no gap"
+    assert not node.held
 
 
 async def test_an_event_read_after_its_frame_goes_with_the_next_and_is_counted_late(

@@ -200,7 +200,8 @@ class BrokerNode:
         self._read_progress = trio.Event()
         self.held: deque[Entry] = deque()
         """Entries read but not yet sent: due at a later frame (or behind one that is)."""
-        self._errors_held = 0
+        self._in_order_held = 0
+        """Held errors and token batches: while any is held, a token batch read waits too."""
         self.late = 0
         """Entries this process read after the frame they were due with."""
         self._last_late_log = -math.inf
@@ -543,13 +544,15 @@ class BrokerNode:
         if not deliver:  # read back at start-up: logged at the frame the others sent it with
             token = isinstance(entry.event, TokenStream)
             self._log(entry, entry.written_frame + (1 if token else RELEASE_LAG))
-        elif isinstance(entry.event, TokenStream) and not self._errors_held:
+        elif isinstance(entry.event, TokenStream) and not self._in_order_held:
             # Tokens go at once (they resume by count, not by frame); the frame is the first
             # whose clients surely have them: a session's first batch resumes by it.
             self._send_on(entry, max(entry.written_frame, self.frame_number()) + 1)
         else:
-            if isinstance(entry.event, ErrorEvent):
-                self._errors_held += 1  # a session's error comes before its last batch
+            # A token batch never overtakes a held error (a session's error comes before its
+            # last batch) nor a held batch (a session's tokens stay in order).
+            if isinstance(entry.event, (ErrorEvent, TokenStream)):
+                self._in_order_held += 1
             self.held.append(entry)
 
     def release(self, number: int) -> None:
@@ -565,8 +568,8 @@ class BrokerNode:
             if not token and due > number:
                 break
             held.popleft()
-            if isinstance(entry.event, ErrorEvent):
-                self._errors_held -= 1
+            if isinstance(entry.event, (ErrorEvent, TokenStream)):
+                self._in_order_held -= 1
             if not token and number > due:
                 self._late(number - due)
             if isinstance(entry.event, LOSSLESS_FRAME_EVENTS):

@@ -17,6 +17,7 @@ import enum
 import logging
 import random
 import urllib.parse
+from collections import deque
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Final, Literal
@@ -30,6 +31,7 @@ from .contract.events import (
     EXTENSION_TOPICS,
     ChannelsPayload,
     ClientMessage,
+    ErrorEvent,
     Event,
     FrameEvent,
     Heartbeat,
@@ -38,6 +40,7 @@ from .contract.events import (
     HeldSession,
     Resume,
     ResumePayload,
+    RewardEvent,
     StateSnapshot,
     Subscribe,
     TokenStream,
@@ -68,6 +71,8 @@ log = logging.getLogger("wirthforge_trio.client")
 
 SUBSCRIBABLE: Final = frozenset(CHANNELS + EXTENSION_TOPICS)
 DEFAULT_CHANNELS: Final = frozenset(CHANNELS)
+AFTER_FRAME_KEPT: Final = 256
+"""Reward and error events remembered after the last frame, to drop their replay."""
 """What the server sends a new connection: the five channels, no extension topic."""
 ALWAYS_ON: Final = frozenset({"system"})
 
@@ -354,6 +359,13 @@ class ClientCore:
         self.lost_sessions: list[str] = []
         self.server_instance: str | None = None
         self.last_frame: int | None = None
+        self._after_frame: deque[str] = deque(maxlen=AFTER_FRAME_KEPT)
+        """The reward and error events received since the last frame, as sent: a resume
+        replays them when the connection broke before the next frame."""
+        self._replaying = False
+        """Between a resumed snapshot and the first live frame."""
+        self.replays_dropped = 0
+        """Replayed events dropped because they had come before (protocol.md, resume)."""
         self.attempts = 0
         self.reconnects = 0
         self.close_code: int | None = None
@@ -556,6 +568,15 @@ class ClientCore:
             return Received(None)
         if isinstance(event, FrameEvent):
             self.last_frame = event.frame_number
+            self._after_frame.clear()
+            self._replaying = False
+        elif isinstance(event, (ErrorEvent, RewardEvent)):
+            text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+            if self._replaying and text in self._after_frame:
+                self._after_frame.remove(text)
+                self.replays_dropped += 1
+                return Received(None)
+            self._after_frame.append(text)
         elif isinstance(event, Heartbeat):
             books.healthy = True
             answer = HeartbeatResponse(
@@ -621,6 +642,9 @@ class ClientCore:
         snap = event.payload
         if snap.server_instance != self.server_instance:
             self.last_frame = None  # frame numbers of another instance mean nothing here
+        if not snap.resumed:
+            self._after_frame.clear()  # nothing will be replayed
+        self._replaying = snap.resumed
         self.server_instance = snap.server_instance
         known = {s.session_id: s for s in snap.sessions}
         lost: set[str] = set()

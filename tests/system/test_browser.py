@@ -684,6 +684,48 @@ def test_client_module_answers_heartbeats_and_resumes_exactly(
     assert result["complete"] is True
 
 
+def test_client_module_drops_the_replay_of_an_event_it_had_after_its_last_frame(
+    shared_server: ServerProcess, open_page: Callable[[str], PageUnderTest]
+) -> None:
+    page = open_page(shared_server.url)
+    result = run_module_script(
+        page.page,
+        """
+        const rewards = [];
+        const c = new m.WirthforgeClient({ url: 'ws://x.invalid/ws', WebSocketImpl: FakeSocket,
+            pingIntervalMs: 0, backoff: new m.Backoff({ initialMs: 5 }) });
+        c.on('reward_event', e => rewards.push(e.payload.title));
+        c.start();
+        await sleep(20);
+        const snap = (resumed) => ({ type: 'state_snapshot', channel: 'system', timestamp: 1,
+            payload: { serverInstance: 'i1', resumed, frameNumber: 5, models: [], sessions: [],
+            rewards: [], channels: [], retentionSessions: 1, retentionSeconds: 1 } });
+        const reward = (title) => ({ type: 'reward_event', channel: 'reward', timestamp: 3,
+            payload: { rewardType: 'achievement', title, points: 10 } });
+        const frame = (n) => ({ type: 'energy_update', channel: 'energy', timestamp: 1,
+            frameNumber: n, payload: {} });
+        const a = FakeSocket.instances[0];
+        a.serverSends(snap(false));
+        a.serverSends(frame(42));
+        a.serverSends(reward('First Light'));   // the connection breaks before frame 43
+        a.serverCloses(1006);
+        await sleep(40);
+        const b = FakeSocket.instances[1];
+        b.serverSends(snap(true));
+        b.serverSends(reward('First Light'));   // replayed: had it
+        b.serverSends(reward('Level 2'));       // replayed: missed it
+        b.serverSends(frame(50));
+        b.serverSends(reward('First Light'));   // live: delivered
+        await sleep(5);
+        c.close();
+        return { rewards, dropped: c.replaysDropped, lastFrame: b.sent[0].payload.lastFrame };
+        """,
+    )
+    assert result["lastFrame"] == 42
+    assert result["rewards"] == ["First Light", "Level 2", "First Light"]
+    assert result["dropped"] == 1
+
+
 def test_the_js_client_is_served_where_the_docs_say(shared_server: ServerProcess) -> None:
     served = httpx.get(shared_server.url + "/static/wirthforge-client.js").text
     assert served == (ROOT / "wirthforge_trio" / "static" / "wirthforge-client.js").read_text()

@@ -26,6 +26,8 @@ from wirthforge_trio.contract.events import (
     HeartbeatPayload,
     HeartbeatResponse,
     Resume,
+    RewardEvent,
+    RewardPayload,
     Subscribe,
     TokenStream,
     Unsubscribe,
@@ -283,6 +285,51 @@ def test_resume_books_give_every_token_exactly_once_across_reconnects() -> None:
     (resume,) = connect(c)
     held = wire(resume)["payload"]["sessions"]  # type: ignore[index]
     assert [(h["sessionId"], h["tokens"]) for h in held] == [("s2", 3)]
+
+
+def reward_text(title: str, timestamp: int = 5) -> str:
+    return encode(
+        RewardEvent(
+            timestamp=timestamp,
+            payload=RewardPayload(reward_type="achievement", title=title, points=10),
+        )
+    )
+
+
+def test_an_event_received_after_the_last_frame_is_not_delivered_again_by_the_resume() -> None:
+    """The connection broke between a reward and the frame after it: the server replays
+    the reward (its frame is after lastFrame); the client drops what it had."""
+    c = core()
+    connect(c)
+    c.receive(snapshot("A", resumed=False))
+    c.receive(frame(42))
+    assert c.receive(reward_text("First Light")).event is not None
+    c.ended(DROPPED)
+    connect(c)
+    c.receive(snapshot("A", resumed=True))
+    assert c.receive(reward_text("First Light")).event is None, "had it: not twice"
+    assert c.receive(reward_text("100 tokens")).event is not None, "missed: delivered"
+    assert c.replays_dropped == 1
+    c.receive(frame(50))
+    assert c.receive(reward_text("First Light")).event is not None, "live: always delivered"
+
+
+def test_after_a_frame_or_a_fresh_start_nothing_is_dropped() -> None:
+    c = core()
+    connect(c)
+    c.receive(snapshot("A", resumed=False))
+    c.receive(reward_text("First Light"))
+    c.receive(frame(42))  # the reward came before frame 42: a resume does not replay it
+    c.ended(DROPPED)
+    connect(c)
+    c.receive(snapshot("A", resumed=True))
+    assert c.receive(reward_text("First Light")).event is not None
+    c.receive(reward_text("Level 2"))
+    c.ended(DROPPED)
+    connect(c)
+    c.receive(snapshot("B", resumed=False, reason="server restarted"))
+    assert c.receive(reward_text("Level 2")).event is not None, "another server: its own"
+    assert c.replays_dropped == 0
 
 
 def test_a_new_server_instance_loses_the_held_sessions() -> None:

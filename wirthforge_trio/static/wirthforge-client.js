@@ -132,6 +132,11 @@ export class WirthforgeClient extends EventTarget {
     this.startup = null; // the latest startup_complete payload
     this.serverInstance = null;
     this.lastFrame = null;
+    // The reward and error events received since the last frame, as sent: a resume replays
+    // them when the connection broke before the next frame (docs/protocol.md, resume).
+    this._afterFrame = [];
+    this._replaying = false; // between a resumed snapshot and the first live frame
+    this.replaysDropped = 0;
     this.lastMessageAt = 0;
     this.rttMs = null;
     this.closeCode = null;
@@ -425,6 +430,16 @@ export class WirthforgeClient extends EventTarget {
       this._emit("undecodable", { data });
       return;
     }
+    if (message.type === "reward_event" || message.type === "error_event") {
+      const seen = this._replaying ? this._afterFrame.indexOf(data) : -1;
+      if (seen >= 0) {
+        this._afterFrame.splice(seen, 1);
+        this.replaysDropped += 1;
+        return;
+      }
+      this._afterFrame.push(data);
+      if (this._afterFrame.length > 256) this._afterFrame.shift();
+    }
     const delivered = this._account(message);
     if (delivered === null) return;
     this._emit(delivered.type, delivered);
@@ -459,7 +474,11 @@ export class WirthforgeClient extends EventTarget {
       default:
         break;
     }
-    if (typeof message.frameNumber === "number") this.lastFrame = message.frameNumber;
+    if (typeof message.frameNumber === "number") {
+      this.lastFrame = message.frameNumber;
+      this._afterFrame = [];
+      this._replaying = false;
+    }
     return message;
   }
 
@@ -511,6 +530,8 @@ export class WirthforgeClient extends EventTarget {
   _accountSnapshot(message) {
     const snap = message.payload;
     if (snap.serverInstance !== this.serverInstance) this.lastFrame = null;
+    if (!snap.resumed) this._afterFrame = []; // nothing will be replayed
+    this._replaying = snap.resumed === true;
     this.serverInstance = snap.serverInstance;
     const known = new Map(snap.sessions.map((s) => [s.sessionId, s]));
     const lost = new Set();

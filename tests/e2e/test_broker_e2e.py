@@ -630,10 +630,12 @@ async def test_the_cluster_earns_each_reward_once_whichever_process_runs_the_pro
     async with trio.open_nursery() as nursery:
         on_b = await listen(nursery, b.ws_url)
         await trio.sleep(0.2)
-        for server in (a, b):
-            session_id = await post_prompt(server, "earn it once")
+        # 86 and 83 tokens: under 100 in each process, over 100 in the cluster.
+        for server, prompt in ((a, "one"), (b, "two")):
+            session_id = await post_prompt(server, prompt)
             await until(lambda sid=session_id: on_b.complete(sid), "the session ended")
         await trio.sleep(0.5)  # a reward goes two frames after its tokens
         nursery.cancel_scope.cancel()
     assert on_b.rewards.count("First Light") == 1, on_b.rewards
+    assert on_b.rewards.count("100 tokens") == 1, "the cluster's tokens count"
     assert len(on_b.rewards) == len(set(on_b.rewards)), "no reward twice"

@@ -36,6 +36,8 @@ class StreamLog:
         """The process running each live session."""
         self.ended: dict[str, None] = {}
         """Sessions whose end was read, oldest first (a batch after it is refused)."""
+        self.tokens_by_origin: dict[str, int] = {}
+        """Tokens delivered, by the process that generated them (never forgotten)."""
         self._partial: set[str] = set()
         """Sessions whose beginning this process never read (trimmed, or a gap): delivered
         live, but not offered for resuming."""
@@ -77,6 +79,8 @@ class StreamLog:
                 session.first_sent_frame = seen_by
             session.tokens.extend(payload.tokens)
         self.origin_of.setdefault(sid, entry.origin)
+        origin = entry.origin
+        self.tokens_by_origin[origin] = self.tokens_by_origin.get(origin, 0) + len(payload.tokens)
         if payload.is_complete:
             self._end(sid, entry, now)
         return "deliver"
@@ -95,6 +99,10 @@ class StreamLog:
     def live_sessions(self) -> list[tuple[str, Session | None]]:
         """(origin, session) of every session still streaming (None: not resumable here)."""
         return [(origin, self.sessions.get(sid)) for sid, origin in self.origin_of.items()]
+
+    def tokens_except(self, origin: str) -> int:
+        """Tokens the other processes generated, as far as this log has read."""
+        return sum(n for o, n in self.tokens_by_origin.items() if o != origin)
 
     def live_ids_of(self, origin: str) -> list[str]:
         return [sid for sid, o in self.origin_of.items() if o == origin]

@@ -41,10 +41,12 @@ class Broker:
         return None if session is None else session.status
 
     def bind(self, engine: Engine) -> None:
-        """Resume from the stream's log, number frames like the cluster, take cancels."""
+        """Resume from the stream's log, number frames like the cluster, count the cluster's
+        tokens for rewards, take cancels."""
         self._engine = engine
         node = self.node
         engine.resume_log = node.log
+        engine.decipher.tokens_elsewhere = lambda: node.log.tokens_except(node.origin)
         node.frame_number = lambda: engine.clock.frame_number
         node.frame_rate = engine.clock.rate
         node.cancel_local = self._cancel_local

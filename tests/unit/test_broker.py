@@ -353,6 +353,18 @@ def test_new_prompts_wait_for_redis_only_once_the_held_events_reach_the_limit() 
     assert not node.full, "Redis is back: the writer drains what is held"
 
 
+async def test_a_reward_another_process_paid_is_told_to_this_processs_ledger() -> None:
+    node, _ = process_at([100])
+    titles: list[str] = []
+    node.reward_seen = titles.append
+    node.read_entry("1-0", fields_of(reward(), 100), deliver=False)
+    node.read_entry("2-0", fields_of(reward(), 100), deliver=True)
+    own = stamped(entry_fields(node.origin, reward()), 100)
+    node.read_entry("3-0", own, deliver=True)
+    node.release(102)
+    assert titles == ["First Light", "First Light"], "the other process's, not its own"
+
+
 async def test_a_resume_waits_for_the_clients_last_frame_and_no_longer(
     autojump_clock: trio.abc.Clock,
 ) -> None:

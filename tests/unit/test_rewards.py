@@ -293,3 +293,14 @@ def test_every_reward_validates_against_published_schema() -> None:
         assert wire["type"] == "reward_event"
         assert wire["channel"] == "reward"
         assert "frameNumber" not in wire
+
+
+def test_a_reward_another_process_paid_is_unlocked_here_and_not_paid_again() -> None:
+    ledger = RewardLedger()
+    ledger.earned_elsewhere("First Light")
+    ledger.earned_elsewhere("Level 2")
+    ledger.earned_elsewhere("Steady Current")  # per session: stays this process's own
+    ledger.earned_elsewhere("Not A Reward")
+    assert ledger.unlocked == ("first_light", "level_2")
+    assert ledger.on_session_complete("demo", 5, failed=False, wall_ms=1) == []
+    assert [e.payload.title for e in ledger.on_tokens(150, 1)] == ["100 tokens"]

@@ -189,6 +189,8 @@ class BrokerNode:
         self.frame_rate = 60.0
         self.cancel_local: Callable[[str], bool] = lambda _: False
         """Cancel a session this process runs; whether it did (set by the app)."""
+        self.reward_seen: Callable[[str], None] = lambda _: None
+        """Told the title of each reward another process paid (set by the app)."""
         self._outbox: deque[tuple[dict[str, str], str | None]] = deque()
         """Entries to write, in order, each with the key that claims it for the cluster (a
         reward that the cluster earns once) or None."""
@@ -593,6 +595,8 @@ class BrokerNode:
             event = attrs.evolve(event, frame_number=seen_by)
             text = encode(event)
         verdict = self.log.apply(entry, event, seen_by, trio.current_time())
+        if isinstance(event, RewardEvent) and entry.origin != self.origin:
+            self.reward_seen(event.payload.title)
         return (event if verdict == "deliver" else None), text
 
     def _late(self, frames: int) -> None:

@@ -47,6 +47,7 @@ class Broker:
         node = self.node
         engine.resume_log = node.log
         engine.decipher.tokens_elsewhere = lambda: node.log.tokens_except(node.origin)
+        node.reward_seen = engine.decipher.rewards.earned_elsewhere
         node.frame_number = lambda: engine.clock.frame_number
         node.frame_rate = engine.clock.rate
         node.cancel_local = self._cancel_local

@@ -197,6 +197,7 @@ RULES: Final[tuple[RewardRule, ...]] = (
 """Every reward the server can pay, in the order of the table above."""
 
 RULES_BY_KEY: Final[dict[str, RewardRule]] = {rule.key: rule for rule in RULES}
+RULES_BY_TITLE: Final[dict[str, RewardRule]] = {rule.title: rule for rule in RULES}
 
 
 class RewardLedger:
@@ -232,6 +233,14 @@ class RewardLedger:
     def council_runs(self) -> int:
         """Council runs (with at least two models) started."""
         return self._council_runs
+
+    def earned_elsewhere(self, title: str) -> None:
+        """Another process of a cluster paid the reward titled ``title``: count it as
+        unlocked here too (not paid again, and listed in the snapshot). A feedback reward
+        is per session, so it stays each process's own."""
+        rule = RULES_BY_TITLE.get(title)
+        if rule is not None and rule.reward_type != "feedback":
+            self._unlocked.setdefault(rule.key, None)
 
     def _pay(self, rule: RewardRule, wall_ms: int, description: str | None = None) -> RewardEvent:
         self._unlocked[rule.key] = None

@@ -71,10 +71,10 @@ log = logging.getLogger("wirthforge_trio.client")
 
 SUBSCRIBABLE: Final = frozenset(CHANNELS + EXTENSION_TOPICS)
 DEFAULT_CHANNELS: Final = frozenset(CHANNELS)
-AFTER_FRAME_KEPT: Final = 256
-"""Reward and error events remembered after the last frame, to drop their replay."""
 """What the server sends a new connection: the five channels, no extension topic."""
 ALWAYS_ON: Final = frozenset({"system"})
+AFTER_FRAME_KEPT: Final = 256
+"""Reward and error events remembered after the last frame, to drop their replay."""
 
 
 # --- connection state machine ---------------------------------------------------------------

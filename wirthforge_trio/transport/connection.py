@@ -408,8 +408,9 @@ class Connection:
         catch up before it can answer a resume exactly (``prepare_join``)."""
         actions = self._receive(data, watchdog)
         for action in actions:
-            if isinstance(action, Join) and action.resume and self._prepare_join is not None:
-                await self._prepare_join(action.resume)
+            prepare = self._prepare_join
+            if isinstance(action, Join) and action.resume is not None and prepare is not None:
+                await prepare(action.resume)
             self._apply(action)
         self.lane_changed()
 

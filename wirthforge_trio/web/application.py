@@ -51,6 +51,8 @@ WRONG_WORKER_MESSAGE: Final = (
     "`hypercorn -k trio wirthforge_trio.app:app` (or `wirthforge serve`)."
 )
 SHUTDOWN_CLOSE_TIMEOUT: Final = 1.0
+REFUSAL_HOLD: Final = 5.0
+"""Longest a refusing worker waits for the other workers to find its claim taken."""
 MAX_PROMPT_BODY: Final = 1024 * 1024
 """Cap of a request body, raised for a larger WIRTHFORGE_MAX_PROMPT_BYTES (JSON may escape)."""
 
@@ -289,17 +291,41 @@ def refuse_to_start(message: str, *, status: int = 2) -> None:
     import socket
 
     parent = multiprocessing.parent_process()
-    speaks = True
-    if parent is not None and fastpath.in_hypercorn_worker():
-        # The first worker to bind this abstract (Linux, no file) name speaks for all.
+    workers = fastpath.hypercorn_workers()
+    claim: socket.socket | None = None
+    if parent is not None and workers is not None and workers > 1:
+        # The first worker to bind this abstract (Linux, no file) name speaks for all, and
+        # holds the name until each other worker has found it taken and said so.
+        name = f"\0wirthforge-refusal-{parent.pid}"
         claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            claim.bind(f"\0wirthforge-refusal-{parent.pid}")
+            claim.bind(name)
+            claim.listen(workers)
         except OSError:
-            speaks = False
-    if speaks:
-        print(message, file=sys.stderr, flush=True)
+            claim.close()
+            claim = None
+            _tell_the_speaker(name)
+            os._exit(status)
+    print(message, file=sys.stderr, flush=True)
+    if claim is not None and workers is not None:
+        claim.settimeout(REFUSAL_HOLD)
+        try:
+            for _ in range(workers - 1):
+                claim.accept()[0].close()
+        except OSError:  # a worker that never came (the timeout): go anyway
+            pass
     os._exit(status)
+
+
+def _tell_the_speaker(name: str) -> None:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as peer:
+            peer.settimeout(REFUSAL_HOLD)
+            peer.connect(name)
+    except OSError:  # the speaker has gone already: nothing to hold for
+        pass
 
 
 def several_workers_refusal(workers: int | None, settings: Settings) -> str | None:

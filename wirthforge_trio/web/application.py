@@ -301,9 +301,7 @@ def refuse_to_start(message: str, *, status: int = 2) -> None:
         try:
             claim.bind(name)
             claim.listen(workers)
-        except OSError:
-            claim.close()
-            claim = None
+        except OSError:  # another worker speaks
             _tell_the_speaker(name)
             os._exit(status)
     print(message, file=sys.stderr, flush=True)

@@ -24,12 +24,13 @@ from tests.support.broker import (
     launch_hypercorn,
     wait_for_health,
 )
+from tests.support.events import error_event
 from tests.support.network import free_port
 from tests.support.server import CheckedClient, connect_checked
 from wirthforge_trio.broker.entries import entry_fields, stamped
 from wirthforge_trio.broker.node import BrokerNode
 from wirthforge_trio.broker.url import parse_broker_url
-from wirthforge_trio.contract.events import ErrorEvent, ErrorPayload, ResumePayload
+from wirthforge_trio.contract.events import ResumePayload
 from wirthforge_trio.engine.decipher import Retention
 from wirthforge_trio.sources.demo import DemoSource
 
@@ -603,24 +604,17 @@ async def test_a_resume_waits_until_the_process_has_read_the_stream_to_its_end(
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
         await until(lambda: node.status == "up", "the node is connected")
-        burst = stamped(entry_fields("p-elsewhere", broker_error(1)), 1)
+        burst = stamped(entry_fields("p-elsewhere", error_event(1)), 1)
         script = "for i = 1, 5000 do redis.call('XADD', KEYS[1], '*', unpack(ARGV)) end"
         pairs = [part for field in burst.items() for part in field]
         # Blocking calls: the node cannot read until the resume is being answered.
         redis.command("EVAL", script, "1", node.stream_key, *pairs)
-        last = stamped(entry_fields("p-elsewhere", broker_error(2)), 1)
+        last = stamped(entry_fields("p-elsewhere", error_event(2)), 1)
         redis.command("XADD", node.stream_key, "*", *[p for f in last.items() for p in f])
         await node.ready_for(ResumePayload(server_instance=node.cluster_id))
         read = [entry.event.timestamp for entry in node.held]  # due at a later frame
         nursery.cancel_scope.cancel()
     assert read == [1] * 5000 + [2], "the resume waited for the last entry written before it"
-
-
-def broker_error(timestamp: int) -> ErrorEvent:
-    return ErrorEvent(
-        timestamp=timestamp,
-        payload=ErrorPayload(severity="error", code="BURST", message="m", component="model"),
-    )
 
 
 async def test_the_cluster_earns_each_reward_once_whichever_process_runs_the_prompt(

@@ -1,5 +1,5 @@
 """Server events encoded as the server sends them, for scripted servers and for the client core
-fed by hand: the opening startup and snapshot, token text, energy frames."""
+fed by hand: the opening startup and snapshot, token text, energy frames, rewards and errors."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ from wirthforge_trio.contract.codec import encode
 from wirthforge_trio.contract.events import (
     EnergyUpdate,
     EnergyUpdatePayload,
+    ErrorEvent,
+    ErrorPayload,
+    RewardEvent,
+    RewardPayload,
     SnapshotSession,
     StartupComplete,
     StartupCompletePayload,
@@ -93,3 +97,22 @@ def frame_event(number: int) -> EnergyUpdate:
 
 def frame(number: int) -> str:
     return encode(frame_event(number))
+
+
+def reward_event(title: str = "First Light", timestamp: int = 1) -> RewardEvent:
+    return RewardEvent(
+        timestamp=timestamp,
+        payload=RewardPayload(reward_type="achievement", title=title, points=10),
+    )
+
+
+def reward_text(title: str, timestamp: int = 5) -> str:
+    return encode(reward_event(title, timestamp))
+
+
+def error_event(timestamp: int = 1) -> ErrorEvent:
+    """A model's error_event."""
+    return ErrorEvent(
+        timestamp=timestamp,
+        payload=ErrorPayload(severity="error", code="MODEL_ERROR", message="m", component="model"),
+    )

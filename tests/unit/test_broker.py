@@ -8,6 +8,7 @@ import time
 import pytest
 import trio
 
+from tests.support.events import error_event, reward_event
 from wirthforge_trio.broker.entries import (
     Entry,
     Refused,
@@ -26,16 +27,12 @@ from wirthforge_trio.broker.url import BrokerURLError, parse_broker_url
 from wirthforge_trio.config import Settings, SettingsError
 from wirthforge_trio.contract.codec import encode
 from wirthforge_trio.contract.events import (
-    ErrorEvent,
-    ErrorPayload,
     Event,
     InterferenceEvent,
     InterferencePayload,
     ModelStatus,
     ModelStatusPayload,
     ResumePayload,
-    RewardEvent,
-    RewardPayload,
     TokenStream,
     TokenStreamPayload,
 )
@@ -52,13 +49,6 @@ def batch(sid: str, tokens: tuple[str, ...], done: bool = False) -> TokenStream:
         payload=TokenStreamPayload(
             tokens=tokens, is_complete=done, session_id=sid, model_id="demo", energy_cost=0.0
         ),
-    )
-
-
-def error() -> ErrorEvent:
-    return ErrorEvent(
-        timestamp=1,
-        payload=ErrorPayload(severity="error", code="MODEL_ERROR", message="m", component="model"),
     )
 
 
@@ -115,10 +105,10 @@ def test_an_entry_comes_back_as_it_was_written() -> None:
     ("fields", "says"),
     [
         ({"hello": "world"}, "not a wirthforge entry"),
-        ({"v": "1", "o": "p-x", "f": "1", "e": encode(error())}, "not a wirthforge entry"),
+        ({"v": "1", "o": "p-x", "f": "1", "e": encode(error_event())}, "not a wirthforge entry"),
         ({"v": "2", "o": "bad origin!", "f": "1", "e": "{}"}, "origin"),
-        ({"v": "2", "o": "p-x", "e": encode(error())}, "frame it was written at"),
-        ({"v": "2", "o": "p-x", "f": "-1", "e": encode(error())}, "frame it was written at"),
+        ({"v": "2", "o": "p-x", "e": encode(error_event())}, "frame it was written at"),
+        ({"v": "2", "o": "p-x", "f": "-1", "e": encode(error_event())}, "frame it was written at"),
         ({"v": "2", "o": "p-x", "f": "1"}, "no event"),
         ({"v": "2", "o": "p-x", "f": "1", "e": "{not json"}, "not a contract event"),
         (
@@ -128,7 +118,10 @@ def test_an_entry_comes_back_as_it_was_written() -> None:
         ({"v": "2", "o": "p-x", "f": "1", "e": encode(batch("s", ("a",)))}, "offset"),
         ({"v": "2", "o": "p-x", "f": "1", "e": encode(batch("s", (), True)), "n": "0"}, "ended"),
         ({"v": "2", "o": "p-x", "f": "1", "e": b"\xff\xfe"}, "UTF-8"),
-        ({"v": "2", "o": "p-x", "f": "1", "e": encode(error())[:-1] + ',"extra":1}'}, "own form"),
+        (
+            {"v": "2", "o": "p-x", "f": "1", "e": encode(error_event())[:-1] + ',"extra":1}'},
+            "own form",
+        ),
     ],
 )
 def test_foreign_entries_are_refused_with_the_reason(fields: dict[str, object], says: str) -> None:
@@ -172,7 +165,7 @@ def test_the_log_takes_each_batch_once_and_in_order() -> None:
     assert (session.text, session.status, session.first_sent_frame) == ("abc", "cancelled", 11)
     assert session.completion_sent and not log.origin_of
     assert apply(log, entry(4, batch("s-1", ("late",)), 3), 13, 0.0) == "refuse"
-    assert apply(log, entry(5, error()), 14, 0.0) == "deliver"
+    assert apply(log, entry(5, error_event()), 14, 0.0) == "deliver"
     assert [logged.frame_number for logged in log.history] == [14]
 
 
@@ -201,7 +194,7 @@ def test_the_log_keeps_the_servers_retention() -> None:
     log = StreamLog(Retention(sessions=2, events=3, seconds=100.0))
     for i in range(4):
         apply(log, entry(i, batch(f"s-{i}", ("t",), True), 0, "complete"), 1, float(i))
-        apply(log, entry(i, error()), 1, float(i))
+        apply(log, entry(i, error_event()), 1, float(i))
     apply(log, entry(9, batch("s-live", ("t",)), 0), 1, 4.0)
     log.forget(5.0)
     assert list(log.sessions) == ["s-3", "s-live"], "by count, live ones kept"
@@ -234,13 +227,6 @@ def process_at(frame: list[int]) -> tuple[BrokerNode, RecordingHub]:
     return node, hub
 
 
-def reward() -> RewardEvent:
-    return RewardEvent(
-        timestamp=1,
-        payload=RewardPayload(reward_type="achievement", title="First Light", points=10),
-    )
-
-
 def council(frame: int) -> InterferenceEvent:
     return InterferenceEvent(
         timestamp=1,
@@ -271,7 +257,7 @@ async def test_two_processes_reading_either_side_of_a_frame_send_and_log_alike()
         frame = [read_at]
         node, hub = process_at(frame)
         node.read_entry("1-0", fields_of(council(100), 100), deliver=True)
-        node.read_entry("1-1", fields_of(error(), 100), deliver=True)
+        node.read_entry("1-1", fields_of(error_event(), 100), deliver=True)
         tick(node, frame, 101)
         assert hub.sent == [], "not due yet"
         while frame[0] < 100 + RELEASE_LAG:
@@ -294,7 +280,7 @@ async def test_tokens_go_at_once_but_never_ahead_of_a_held_error() -> None:
     node.read_entry("1-0", fields_of(batch("s-1", ("a",)), 100, offset=0), deliver=True)
     assert [e.TYPE for _, e in hub.sent] == ["token_stream"], "a token batch is not held"
     assert node.log.sessions["s-1"].first_sent_frame == 101
-    node.read_entry("2-0", fields_of(error(), 100), deliver=True)
+    node.read_entry("2-0", fields_of(error_event(), 100), deliver=True)
     node.read_entry("2-1", fields_of(batch("s-1", ("b",), True), 100, 1, "complete"), deliver=True)
     assert len(hub.sent) == 1, "the session's error comes before its last batch"
     tick(node, frame, 101)
@@ -310,8 +296,8 @@ async def test_a_session_keeps_its_token_order_behind_held_events() -> None:
     frame = [100]
     node, hub = process_at(frame)
     node.read_entry("1-0", fields_of(batch("s-1", ("a",)), 100, offset=0), deliver=True)
-    node.read_entry("2-0", fields_of(error(), 100), deliver=True)
-    node.read_entry("2-1", fields_of(reward(), 101), deliver=True)
+    node.read_entry("2-0", fields_of(error_event(), 100), deliver=True)
+    node.read_entry("2-1", fields_of(reward_event(), 101), deliver=True)
     node.read_entry("2-2", fields_of(batch("s-1", ("b",)), 101, offset=1), deliver=True)
     tick(node, frame, 101)
     tick(node, frame, 102)  # the error goes; the reward is due with 103
@@ -333,7 +319,7 @@ async def test_an_event_read_after_its_frame_goes_with_the_next_and_is_counted_l
 ) -> None:
     frame = [105]
     node, hub = process_at(frame)
-    node.read_entry("1-0", fields_of(error(), 100), deliver=True)
+    node.read_entry("1-0", fields_of(error_event(), 100), deliver=True)
     assert hub.sent == []
     tick(node, frame, 106)
     assert [at for at, _ in hub.sent] == [105]
@@ -345,9 +331,9 @@ def test_new_prompts_wait_for_redis_only_once_the_held_events_reach_the_limit() 
     node, _ = process_at([0])
     node.status = "down"
     for _ in range(HOLD_LIMIT - 1):
-        node.send(error())
+        node.send(error_event())
     assert not node.full, "a prompt during an outage is held, then written"
-    node.send(error())
+    node.send(error_event())
     assert node.full and node.waiting == HOLD_LIMIT
     node.status = "up"
     assert not node.full, "Redis is back: the writer drains what is held"
@@ -357,9 +343,9 @@ async def test_a_reward_another_process_paid_is_told_to_this_processs_ledger() -
     node, _ = process_at([100])
     titles: list[str] = []
     node.reward_seen = titles.append
-    node.read_entry("1-0", fields_of(reward(), 100), deliver=False)
-    node.read_entry("2-0", fields_of(reward(), 100), deliver=True)
-    own = stamped(entry_fields(node.origin, reward()), 100)
+    node.read_entry("1-0", fields_of(reward_event(), 100), deliver=False)
+    node.read_entry("2-0", fields_of(reward_event(), 100), deliver=True)
+    own = stamped(entry_fields(node.origin, reward_event()), 100)
     node.read_entry("3-0", own, deliver=True)
     node.release(102)
     assert titles == ["First Light", "First Light"], "the other process's, not its own"
@@ -386,7 +372,7 @@ async def test_entries_read_at_start_up_are_logged_by_their_frame_and_not_sent()
     frame = [-1]
     node, hub = process_at(frame)
     node.read_entry("1-0", fields_of(batch("s-1", ("a",)), 50, offset=0), deliver=False)
-    node.read_entry("1-1", fields_of(error(), 50), deliver=False)
+    node.read_entry("1-1", fields_of(error_event(), 50), deliver=False)
     assert hub.sent == [] and not node.held
     assert node.log.sessions["s-1"].first_sent_frame == 51
     assert [h.frame_number for h in node.log.history] == [50 + RELEASE_LAG]

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from tests.support.events import frame, row, snapshot, startup, token_text
+from tests.support.events import frame, reward_text, row, snapshot, startup, token_text
 from wirthforge_trio.client_core import (
     Backoff,
     ClientCore,
@@ -26,8 +26,6 @@ from wirthforge_trio.contract.events import (
     HeartbeatPayload,
     HeartbeatResponse,
     Resume,
-    RewardEvent,
-    RewardPayload,
     Subscribe,
     TokenStream,
     Unsubscribe,
@@ -285,15 +283,6 @@ def test_resume_books_give_every_token_exactly_once_across_reconnects() -> None:
     (resume,) = connect(c)
     held = wire(resume)["payload"]["sessions"]  # type: ignore[index]
     assert [(h["sessionId"], h["tokens"]) for h in held] == [("s2", 3)]
-
-
-def reward_text(title: str, timestamp: int = 5) -> str:
-    return encode(
-        RewardEvent(
-            timestamp=timestamp,
-            payload=RewardPayload(reward_type="achievement", title=title, points=10),
-        )
-    )
 
 
 def test_an_event_received_after_the_last_frame_is_not_delivered_again_by_the_resume() -> None:

@@ -52,7 +52,7 @@ class Entry:
     event: Event
     text: str
     """The event's wire text, as the origin encoded it (sent on without encoding again)."""
-    written_frame: int = 0
+    written_frame: int
     """The cluster frame its writer had last sent when it wrote the entry."""
     offset: int | None = None
     """For a token_stream: the session's tokens before this batch."""

@@ -57,12 +57,6 @@ class ServerState:
             more = f" ({quiet} more since the last)" if quiet else ""
             log.warning("refused %s from %s: %s%s", what, remote, refusal.reason, more)
 
-    async def prepare_join(self, resume: ResumePayload) -> None:
-        """Before a resuming client joins: on a broker, let this process catch up with the
-        one the client left (``BrokerNode.ready_for``); alone, nothing to wait for."""
-        if self.broker is not None:
-            await self.broker.node.ready_for(resume)
-
     def join(self, connection: Connection, resume: ResumePayload | None) -> None:
         """Queue a resuming client's catch-up and add it to the hub in one step (no await
         between), so every event is either in the catch-up or live, never both or neither."""

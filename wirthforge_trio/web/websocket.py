@@ -101,7 +101,8 @@ async def ws() -> Any:
         frame_rate=lambda: engine.clock.measured_rate,
         current_state=state.current_state,
         on_join=state.join,
-        prepare_join=None if state.broker is None else state.prepare_join,
+        # On a broker a resume waits for this process to catch up (BrokerNode.ready_for).
+        prepare_join=None if state.broker is None else state.broker.node.ready_for,
         resume_wait=settings.resume_wait,
         max_backlog_bytes=settings.max_backlog_bytes,
         port=port,

@@ -612,7 +612,7 @@ async def test_a_resume_waits_until_the_process_has_read_the_stream_to_its_end(
         last = stamped(entry_fields("p-elsewhere", error_event(2)), 1)
         redis.command("XADD", node.stream_key, "*", *[p for f in last.items() for p in f])
         await node.ready_for(ResumePayload(server_instance=node.cluster_id))
-        read = [entry.event.timestamp for entry in node.held]  # due at a later frame
+        read = [entry.event.timestamp for entry, _, _ in node.held]  # due at a later frame
         nursery.cancel_scope.cancel()
     assert read == [1] * 5000 + [2], "the resume waited for the last entry written before it"
 

@@ -314,6 +314,38 @@ async def test_a_session_keeps_its_token_order_behind_held_events() -> None:
     assert not node.held
 
 
+async def test_a_frame_this_clock_skipped_does_not_make_an_event_read_in_time_late() -> None:
+    """The event is due with 102; this process read it at 100, then its clock, running
+    late, went from 101 to 103: it goes with 103 but is logged at 102, as everywhere (no
+    client here saw a frame 102)."""
+    frame = [100]
+    node, hub = process_at(frame)
+    node.read_entry("1-0", fields_of(error_event(), 100), deliver=True)
+    node.read_entry("1-1", fields_of(council(100), 100), deliver=True)
+    tick(node, frame, 101)
+    tick(node, frame, 103)
+    assert [at for at, _ in hub.sent] == [101, 101], "sent just before frame 103"
+    assert [h.frame_number for h in node.log.history] == [102, 102]
+    sent_council = hub.sent[1][1]
+    assert isinstance(sent_council, InterferenceEvent) and sent_council.frame_number == 102
+    assert node.late == 0
+
+
+async def test_an_event_written_at_an_earlier_frame_after_another_goes_with_it() -> None:
+    """Two origins' clocks differ a little: an entry stamped 99 after one stamped 100 goes
+    with the same frame as the one before it, on every process, and is logged there."""
+    frame = [100]
+    node, hub = process_at(frame)
+    node.read_entry("1-0", fields_of(error_event(1), 100), deliver=True)
+    node.read_entry("1-1", fields_of(error_event(2), 99), deliver=True)
+    tick(node, frame, 101)
+    assert hub.sent == [], "never ahead of the entry before it"
+    tick(node, frame, 102)
+    assert [e.timestamp for _, e in hub.sent] == [1, 2]
+    assert [h.frame_number for h in node.log.history] == [102, 102]
+    assert node.late == 0
+
+
 async def test_an_event_read_after_its_frame_goes_with_the_next_and_is_counted_late(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

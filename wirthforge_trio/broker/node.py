@@ -200,8 +200,13 @@ class BrokerNode:
         self._offsets: dict[str, int] = {}
         self._last_id = "0-0"
         self._read_progress = trio.Event()
-        self.held: deque[Entry] = deque()
-        """Entries read but not yet sent: due at a later frame (or behind one that is)."""
+        self.held: deque[tuple[Entry, int, bool]] = deque()
+        """Entries read but not yet sent, each with the frame it is due with (-1: a token
+        batch, sent as soon as nothing is held before it) and whether it was read before
+        this process sent that frame."""
+        self._last_due = -1
+        """The latest due frame: dues never go back along the stream, so each entry goes out
+        with the first frame at or after its own, on every process alike."""
         self._in_order_held = 0
         """Held errors and token batches: while any is held, a token batch read waits too."""
         self.late = 0
@@ -543,45 +548,53 @@ class BrokerNode:
         except Refused as exc:
             self._refusal(f"stream entry {entry_id} on {self.stream_key}: {exc}")
             return
+        token = isinstance(entry.event, TokenStream)
         if not deliver:  # read back at start-up: logged at the frame the others sent it with
-            token = isinstance(entry.event, TokenStream)
-            self._log(entry, entry.written_frame + (1 if token else RELEASE_LAG))
-        elif isinstance(entry.event, TokenStream) and not self._in_order_held:
+            self._log(entry, entry.written_frame + 1 if token else self._due(entry))
+        elif token and not self._in_order_held:
             # Tokens go at once (they resume by count, not by frame); the frame is the first
             # whose clients surely have them: a session's first batch resumes by it.
             self._send_on(entry, max(entry.written_frame, self.frame_number()) + 1)
         else:
+            due, on_time = -1, False
+            if not token:
+                due = self._due(entry)
+                on_time = self.frame_number() < due
+                if not on_time:
+                    self._late(self.frame_number() + 1 - due)
             # A token batch never overtakes a held error (a session's error comes before its
             # last batch) nor a held batch (a session's tokens stay in order).
             if isinstance(entry.event, (ErrorEvent, TokenStream)):
                 self._in_order_held += 1
-            self.held.append(entry)
+            self.held.append((entry, due, on_time))
+
+    def _due(self, entry: Entry) -> int:
+        """The frame ``entry`` goes out with: RELEASE_LAG after it was written, and never
+        before the entry ahead of it in the stream (origins' clocks differ a little)."""
+        self._last_due = max(self._last_due, entry.written_frame + RELEASE_LAG)
+        return self._last_due
 
     def release(self, number: int) -> None:
         """Called just before frame ``number`` goes out: send the held entries due with it,
         in the stream's order. Every process sends an entry with the same frame, so a
         client's ``lastFrame`` means the same events on each (docs/decisions.md, "Broker")."""
         held = self.held
-        council: list[Entry] = []
-        while held:
-            entry = held[0]
-            due = entry.written_frame + RELEASE_LAG
-            token = isinstance(entry.event, TokenStream)
-            if not token and due > number:
-                break
-            held.popleft()
+        council: list[tuple[Entry, int]] = []
+        while held and held[0][1] <= number:
+            entry, due, on_time = held.popleft()
             if isinstance(entry.event, (ErrorEvent, TokenStream)):
                 self._in_order_held -= 1
-            if not token and number > due:
-                self._late(number - due)
+            # Read in time, it is logged at its due frame even if this clock skipped that
+            # frame (no client here saw it); read late, at the frame it really goes with.
+            seen_by = due if on_time else number
             if isinstance(entry.event, LOSSLESS_FRAME_EVENTS):
-                council.append(entry)
+                council.append((entry, seen_by))
             else:
-                self._send_on(entry, number)
+                self._send_on(entry, seen_by)
         # Council events carry the frame number: they go last, so a client that has one of
         # them has every other event sent with that frame (as in one process's tick).
-        for entry in council:
-            self._send_on(entry, number)
+        for entry, seen_by in council:
+            self._send_on(entry, seen_by)
 
     def _send_on(self, entry: Entry, seen_by: int) -> None:
         """Log ``entry`` as seen by every client that has frame ``seen_by``, and send it."""
@@ -600,6 +613,7 @@ class BrokerNode:
         return (event if verdict == "deliver" else None), text
 
     def _late(self, frames: int) -> None:
+        """An entry read after this process sent the frame it was due with."""
         self.late += 1
         now = time.monotonic()
         if now - self._last_late_log >= REFUSAL_LOG_INTERVAL:

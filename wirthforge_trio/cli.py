@@ -187,7 +187,7 @@ def _bench(argv: list[str]) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from .security import check_exposure
-    from .server import serve, wait_for_signal
+    from .server import Server, serve_until_signal
     from .web.application import configure_logging, create_app
 
     settings = Settings.from_env(
@@ -210,37 +210,37 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     app = create_app(settings)
 
-    async def main_task() -> None:
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(
-                partial(
-                    serve,
-                    settings,
-                    app=app,
-                    explicit_port=explicit_port,
-                    shutdown_trigger=wait_for_signal,
-                )
-            )
-            if server.port != settings.port:  # the default port was taken: say so
-                print(
-                    f"port {settings.port} is taken (another wirthforge?); "
-                    f"using {server.port} instead",
-                    flush=True,
-                )
+    def say_where(server: Server) -> None:
+        if server.port != settings.port:  # the default port was taken: say so
             print(
-                f"wirthforge-trio {__version__}: {server.ws_url}  (health: {server.url}/health; "
-                "Ctrl+C to stop)",
+                f"port {settings.port} is taken (another wirthforge?); using {server.port} instead",
                 flush=True,
             )
-            if settings.token is not None:
-                print(
-                    "access token required: browsers open the page as "
-                    f"{server.url}/#token=<token>, other clients send "
-                    "'Authorization: Bearer <token>'",
-                    flush=True,
-                )
+        print(
+            f"wirthforge-trio {__version__}: {server.ws_url}  (health: {server.url}/health; "
+            "Ctrl+C to stop)",
+            flush=True,
+        )
+        if settings.token is not None:
+            print(
+                "access token required: browsers open the page as "
+                f"{server.url}/#token=<token>, other clients send "
+                "'Authorization: Bearer <token>'",
+                flush=True,
+            )
 
-    trio.run(main_task)
+    try:
+        trio.run(
+            partial(
+                serve_until_signal,
+                settings,
+                app=app,
+                explicit_port=explicit_port,
+                on_started=say_where,
+            )
+        )
+    except KeyboardInterrupt:  # Ctrl+C during start-up, before the signal receiver was open
+        pass
     return 0
 
 

@@ -103,11 +103,36 @@ async def running(
             nursery.cancel_scope.cancel()
 
 
-async def wait_for_signal() -> None:
-    """Return on Ctrl+C or SIGTERM (for the command line; embedders bring their own)."""
+async def serve_until_signal(
+    settings: Settings,
+    *,
+    app: WirthforgeApp,
+    explicit_port: bool,
+    on_started: Callable[[Server], None],
+) -> None:
+    """Serve until Ctrl+C or SIGTERM (the command line's loop; embedders bring their own).
+
+    The signal receiver is open before the port is bound, so a signal that arrives the moment
+    the server listens stops it like any later one, never as a KeyboardInterrupt raised into
+    whatever task was running (docs/decisions.md, "Stopping on a signal").
+    """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            return
+
+        async def until_signal() -> None:
+            async for _ in signals:
+                return
+
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                partial(
+                    serve,
+                    settings,
+                    app=app,
+                    explicit_port=explicit_port,
+                    shutdown_trigger=until_signal,
+                )
+            )
+            on_started(server)
 
 
 @attrs.frozen

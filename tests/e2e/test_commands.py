@@ -48,6 +48,36 @@ async def test_wirthforge_serve_starts_and_stops_cleanly() -> None:
     assert "Traceback" not in output
 
 
+
+async def test_ctrl_c_while_the_server_starts_is_an_ordinary_stop() -> None:
+    """SIGINT as soon as the engine says it is ready, before the port listens: status 0 and
+    no traceback (the signal receiver is open before anything starts; decisions.md)."""
+    port = free_port()
+    process = await trio.lowlevel.open_process(
+        [str(BIN / "wirthforge"), "serve", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    output = bytearray()
+    try:
+        assert process.stdout is not None
+        with trio.fail_after(20):
+            while b"is ready" not in output:
+                chunk = await process.stdout.receive_some(4096)
+                assert chunk, f"the server exited before it was ready: {output.decode()}"
+                output.extend(chunk)
+            process.send_signal(signal.SIGINT)
+            while chunk := await process.stdout.receive_some(4096):
+                output.extend(chunk)
+            await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+    text = output.decode(errors="replace")
+    assert process.returncode == 0, text
+    assert "Traceback" not in text, text
+
 async def test_hypercorn_trio_worker_reads_the_environment() -> None:
     port = free_port()
     process = start(

@@ -48,7 +48,6 @@ async def test_wirthforge_serve_starts_and_stops_cleanly() -> None:
     assert "Traceback" not in output
 
 
-
 async def test_ctrl_c_while_the_server_starts_is_an_ordinary_stop() -> None:
     """SIGINT as soon as the engine says it is ready, before the port listens: status 0 and
     no traceback (the signal receiver is open before anything starts; decisions.md)."""
@@ -77,6 +76,7 @@ async def test_ctrl_c_while_the_server_starts_is_an_ordinary_stop() -> None:
     text = output.decode(errors="replace")
     assert process.returncode == 0, text
     assert "Traceback" not in text, text
+
 
 async def test_hypercorn_trio_worker_reads_the_environment() -> None:
     port = free_port()

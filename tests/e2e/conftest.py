@@ -30,4 +30,8 @@ def servers(tmp_path: Path) -> Iterator[list[ServerProcess]]:
         yield started
     finally:
         for server in started:
+            exited = server.process.poll()
             server.stop()
+            # pytest shows this only when the test failed: what each server said last.
+            tail = "\n".join(server.output().splitlines()[-30:])
+            print(f"--- server on port {server.port} (exited by itself: {exited}):\n{tail}")

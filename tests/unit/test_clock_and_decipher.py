@@ -199,6 +199,29 @@ async def test_on_the_real_clock_frames_are_ready_early_and_never_sent_before_du
     assert len(late) < 30
 
 
+async def test_the_scheduled_frame_runs_ahead_of_the_last_sent_while_a_tick_is_late() -> None:
+    """A process stopped mid-tick (a busy machine, SIGSTOP) has sent frame n, but time has
+    moved on: the broker stamps what it writes with the frame due now (decisions.md)."""
+    clock = FrameClock()
+    seen: list[tuple[int, int, int]] = []
+
+    def tick(n: int, now: float) -> None:
+        if len(seen) == 5:
+            time.sleep(0.1)  # six frames' time without a tick (blocking, as a pause is)
+            seen.append((n, clock.frame_number, clock.scheduled_frame()))
+        elif len(seen) < 5:
+            seen.append((n, clock.frame_number, clock.scheduled_frame()))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run, tick)
+        await trio.sleep(0.3)
+        nursery.cancel_scope.cancel()
+    # on time, the schedule is at the frame being sent (a descheduled test: one more)
+    assert all(sent == n <= scheduled <= n + 1 for n, sent, scheduled in seen[:5]), seen
+    n, sent, scheduled = seen[5]
+    assert sent == n and scheduled >= n + 5, "the schedule went on while the tick was stopped"
+
+
 # -- the Decipher -------------------------------------------------------------------------------
 
 

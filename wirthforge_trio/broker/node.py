@@ -186,6 +186,9 @@ class BrokerNode:
         self.hub: Hub | None = None
         self.frame_number: Callable[[], int] = lambda: 0
         """The last frame this process sent (set by the app: the engine's clock)."""
+        self.scheduled_frame: Callable[[], int] = lambda: self.frame_number()
+        """The frame this process's clock is due to be at now, later than the last one sent
+        while a tick runs late (set by the app): entries are stamped with it."""
         self.frame_rate = 60.0
         self.cancel_local: Callable[[str], bool] = lambda _: False
         """Cancel a session this process runs; whether it did (set by the app)."""
@@ -503,7 +506,7 @@ class BrokerNode:
                 if claim is None or await self._claimed(client, claim):
                     await client.xadd(
                         self.stream_key,
-                        stamped(fields, max(self.frame_number(), 0)),
+                        stamped(fields, max(self.scheduled_frame(), 0)),
                         trim_strategy=PureToken.MAXLEN,
                         threshold=cap,
                         trim_operator=PureToken.APPROXIMATELY,

@@ -49,6 +49,7 @@ class Broker:
         engine.decipher.tokens_elsewhere = lambda: node.log.tokens_except(node.origin)
         node.reward_seen = engine.decipher.rewards.earned_elsewhere
         node.frame_number = lambda: engine.clock.frame_number
+        node.scheduled_frame = engine.clock.scheduled_frame
         node.frame_rate = engine.clock.rate
         node.cancel_local = self._cancel_local
 

@@ -63,6 +63,15 @@ class FrameClock:
             return 0.0
         return (len(recent) - 1) / (recent[-1] - recent[0])
 
+    def scheduled_frame(self) -> int:
+        """The frame the schedule is at now: the last one sent, or a later one while a tick
+        runs late (a process that was paused has not caught up yet)."""
+        origin_ns = self.origin_monotonic_ns
+        if origin_ns is None or isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
+            return self.frame_number  # not running, or on a virtual clock's own time
+        elapsed_ns = time.monotonic_ns() - origin_ns
+        return max(self.frame_number, elapsed_ns * round(self.rate * 1000) // 10**12)
+
     async def run(
         self,
         on_tick: Callable[[int, float], None],

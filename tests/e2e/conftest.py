@@ -32,6 +32,8 @@ def servers(tmp_path: Path) -> Iterator[list[ServerProcess]]:
         for server in started:
             exited = server.process.poll()
             server.stop()
-            # pytest shows this only when the test failed: what each server said last.
-            tail = "\n".join(server.output().splitlines()[-30:])
+            # pytest shows this only when the test failed: what each server warned of and said last.
+            lines = server.output().splitlines()
+            warnings = [line for line in lines[:-30] if " WARNING " in line]
+            tail = "\n".join([*warnings, *lines[-30:]])
             print(f"--- server on port {server.port} (exited by itself: {exited}):\n{tail}")

@@ -588,6 +588,7 @@ async def test_a_client_hopping_between_processes_gets_every_event_once_in_order
     kinds = {json.loads(e)[0] for e in reference.events}
     assert {"reward_event", "interference_event"} <= kinds, "the test needs those events"
     late = [(await health(server) or {}).get("broker", {}).get("late") for server in (a, b)]
+    print(f"hopper: {hopper.hops} moves, {len(reference.events)} events, read late by A, B: {late}")
     assert hopper.events == reference.events, (
         f"each event once, in order, across the moves (events read late by A, B: {late})"
     )

@@ -564,7 +564,7 @@ class BrokerNode:
                 due = self._due(entry)
                 on_time = self.frame_number() < due
                 if not on_time:
-                    self._late(self.frame_number() + 1 - due)
+                    self._late(self.frame_number() + 1 - due, entry.origin == self.origin)
             # A token batch never overtakes a held error (a session's error comes before its
             # last batch) nor a held batch (a session's tokens stay in order).
             if isinstance(entry.event, (ErrorEvent, TokenStream)):
@@ -615,16 +615,17 @@ class BrokerNode:
             self.reward_seen(event.payload.title)
         return (event if verdict == "deliver" else None), text
 
-    def _late(self, frames: int) -> None:
+    def _late(self, frames: int, own: bool) -> None:
         """An entry read after this process sent the frame it was due with."""
         self.late += 1
         now = time.monotonic()
         if now - self._last_late_log >= REFUSAL_LOG_INTERVAL:
             self._last_late_log = now
             log.warning(
-                "an event reached this process %d frame(s) after the frame it was due with "
-                "(%d so far): a client that moves to another process just then may get it "
-                "twice or miss it; this process or Redis is overloaded",
+                "an event written by %s reached this process %d frame(s) after the frame it "
+                "was due with (%d so far): a client that moves to another process just then "
+                "may get it twice or miss it; this process or Redis is overloaded",
+                "this process" if own else "another process",
                 frames,
                 self.late,
             )

@@ -629,7 +629,7 @@ async def test_the_cluster_earns_each_reward_once_whichever_process_runs_the_pro
         for server, prompt in ((a, "one"), (b, "two")):
             session_id = await post_prompt(server, prompt)
             await until(lambda sid=session_id: on_b.complete(sid), "the session ended")
-        await trio.sleep(0.5)  # a reward goes two frames after its tokens
+        await trio.sleep(0.5)  # a reward goes RELEASE_LAG frames after its tokens
         nursery.cancel_scope.cancel()
     assert on_b.rewards.count("First Light") == 1, on_b.rewards
     assert on_b.rewards.count("100 tokens") == 1, "the cluster's tokens count"

@@ -283,9 +283,10 @@ async def test_tokens_go_at_once_but_never_ahead_of_a_held_error() -> None:
     node.read_entry("2-0", fields_of(error_event(), 100), deliver=True)
     node.read_entry("2-1", fields_of(batch("s-1", ("b",), True), 100, 1, "complete"), deliver=True)
     assert len(hub.sent) == 1, "the session's error comes before its last batch"
-    tick(node, frame, 101)
+    for number in range(101, 100 + RELEASE_LAG):
+        tick(node, frame, number)
     assert len(hub.sent) == 1
-    tick(node, frame, 102)
+    tick(node, frame, 100 + RELEASE_LAG)
     assert [e.TYPE for _, e in hub.sent] == ["token_stream", "error_event", "token_stream"]
     assert node.log.sessions["s-1"].text == "ab" and node.log.sessions["s-1"].completion_sent
 
@@ -299,10 +300,11 @@ async def test_a_session_keeps_its_token_order_behind_held_events() -> None:
     node.read_entry("2-0", fields_of(error_event(), 100), deliver=True)
     node.read_entry("2-1", fields_of(reward_event(), 101), deliver=True)
     node.read_entry("2-2", fields_of(batch("s-1", ("b",)), 101, offset=1), deliver=True)
-    tick(node, frame, 101)
-    tick(node, frame, 102)  # the error goes; the reward is due with 103
+    for number in range(101, 101 + RELEASE_LAG):  # the error goes; the reward is due after
+        tick(node, frame, number)
+    assert [e.TYPE for _, e in hub.sent] == ["token_stream", "error_event"]
     node.read_entry("3-0", fields_of(batch("s-1", ("c",)), 102, offset=2), deliver=True)
-    tick(node, frame, 103)
+    tick(node, frame, 101 + RELEASE_LAG)
     assert [e.TYPE for _, e in hub.sent] == [
         "token_stream",
         "error_event",
@@ -315,19 +317,21 @@ async def test_a_session_keeps_its_token_order_behind_held_events() -> None:
 
 
 async def test_a_frame_this_clock_skipped_does_not_make_an_event_read_in_time_late() -> None:
-    """The event is due with 102; this process read it at 100, then its clock, running
-    late, went from 101 to 103: it goes with 103 but is logged at 102, as everywhere (no
-    client here saw a frame 102)."""
+    """The event is due with frame D; this process read it before, then its clock, running
+    late, went from D - 1 to D + 1: it goes with D + 1 but is logged at D, as everywhere (no
+    client here saw a frame D)."""
+    due = 100 + RELEASE_LAG
     frame = [100]
     node, hub = process_at(frame)
     node.read_entry("1-0", fields_of(error_event(), 100), deliver=True)
     node.read_entry("1-1", fields_of(council(100), 100), deliver=True)
-    tick(node, frame, 101)
-    tick(node, frame, 103)
-    assert [at for at, _ in hub.sent] == [101, 101], "sent just before frame 103"
-    assert [h.frame_number for h in node.log.history] == [102, 102]
+    for number in range(101, due):
+        tick(node, frame, number)
+    tick(node, frame, due + 1)
+    assert [at for at, _ in hub.sent] == [due - 1] * 2, "sent just before frame D + 1"
+    assert [h.frame_number for h in node.log.history] == [due, due]
     sent_council = hub.sent[1][1]
-    assert isinstance(sent_council, InterferenceEvent) and sent_council.frame_number == 102
+    assert isinstance(sent_council, InterferenceEvent) and sent_council.frame_number == due
     assert node.late == 0
 
 
@@ -338,24 +342,26 @@ async def test_an_event_written_at_an_earlier_frame_after_another_goes_with_it()
     node, hub = process_at(frame)
     node.read_entry("1-0", fields_of(error_event(1), 100), deliver=True)
     node.read_entry("1-1", fields_of(error_event(2), 99), deliver=True)
-    tick(node, frame, 101)
+    for number in range(101, 100 + RELEASE_LAG):
+        tick(node, frame, number)
     assert hub.sent == [], "never ahead of the entry before it"
-    tick(node, frame, 102)
+    tick(node, frame, 100 + RELEASE_LAG)
     assert [e.timestamp for _, e in hub.sent] == [1, 2]
-    assert [h.frame_number for h in node.log.history] == [102, 102]
+    assert [h.frame_number for h in node.log.history] == [100 + RELEASE_LAG] * 2
     assert node.late == 0
 
 
 async def test_an_event_read_after_its_frame_goes_with_the_next_and_is_counted_late(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    frame = [105]
+    read_at = 100 + RELEASE_LAG + 1  # the frame it was due with went before it was read
+    frame = [read_at]
     node, hub = process_at(frame)
     node.read_entry("1-0", fields_of(error_event(), 100), deliver=True)
     assert hub.sent == []
-    tick(node, frame, 106)
-    assert [at for at, _ in hub.sent] == [105]
-    assert [h.frame_number for h in node.log.history] == [106], "what its own clients saw"
+    tick(node, frame, read_at + 1)
+    assert [at for at, _ in hub.sent] == [read_at]
+    assert [h.frame_number for h in node.log.history] == [read_at + 1], "what its clients saw"
     assert node.late == 1 and "after the frame it was due with" in caplog.text
 
 
@@ -379,7 +385,7 @@ async def test_a_reward_another_process_paid_is_told_to_this_processs_ledger() -
     node.read_entry("2-0", fields_of(reward_event(), 100), deliver=True)
     own = stamped(entry_fields(node.origin, reward_event()), 100)
     node.read_entry("3-0", own, deliver=True)
-    node.release(102)
+    node.release(100 + RELEASE_LAG)
     assert titles == ["First Light", "First Light"], "the other process's, not its own"
 
 

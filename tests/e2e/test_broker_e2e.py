@@ -557,7 +557,8 @@ async def test_a_client_hopping_between_processes_gets_every_event_once_in_order
 ) -> None:
     """Rewards, council and errors resume by frame across processes exactly, even when one
     process reads the stream later than the other: every process sends each event with the
-    same frame number (docs/decisions.md, "Broker")."""
+    same frame number (docs/decisions.md, "Broker"). Only an event a process read after its
+    due frame (counted in /health) may be wrong for a client moving just then."""
     a, b = await two_processes(
         redis, servers, tmp_path, WIRTHFORGE_MODELS="demo,demo:sage", WIRTHFORGE_DEMO_SPEED="2"
     )

@@ -186,6 +186,14 @@ def _bench(argv: list[str]) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    """``wirthforge serve``: Ctrl+C at any point, start-up included, is a stop with status 0."""
+    try:
+        return _serve_until_stopped(args)
+    except KeyboardInterrupt:  # before the signal receiver opened (decisions.md, "Shutdown")
+        return 0
+
+
+def _serve_until_stopped(args: argparse.Namespace) -> int:
     from .security import check_exposure
     from .server import Server, serve_until_signal
     from .web.application import configure_logging, create_app
@@ -229,18 +237,15 @@ def _serve(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    try:
-        trio.run(
-            partial(
-                serve_until_signal,
-                settings,
-                app=app,
-                explicit_port=explicit_port,
-                on_started=say_where,
-            )
+    trio.run(
+        partial(
+            serve_until_signal,
+            settings,
+            app=app,
+            explicit_port=explicit_port,
+            on_started=say_where,
         )
-    except KeyboardInterrupt:  # Ctrl+C during start-up, before the signal receiver was open
-        pass
+    )
     return 0
 
 

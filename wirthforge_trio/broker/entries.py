@@ -53,7 +53,8 @@ class Entry:
     text: str
     """The event's wire text, as the origin encoded it (sent on without encoding again)."""
     written_frame: int
-    """The cluster frame its writer had last sent when it wrote the entry."""
+    """The cluster frame its writer's schedule was at when it wrote the entry
+    (``FrameClock.scheduled_frame``)."""
     offset: int | None = None
     """For a token_stream: the session's tokens before this batch."""
     status: EndStatus | None = None
